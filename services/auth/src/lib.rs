@@ -1,0 +1,22 @@
+//! Authentication shared by every Rally service.
+//!
+//! Identity issues access tokens ([`TokenIssuer`]); every service verifies them locally with a
+//! [`TokenVerifier`], without a database round trip, through one tower layer ([`AuthLayer`]) in
+//! front of all gRPC services. Handlers then read the authenticated [`Caller`] from the request.
+//!
+//! Tokens are compact JWS (JWT) signed with Ed25519 (`alg: EdDSA`) and carry a key id (`kid`) so
+//! that signing keys can rotate: a verifier accepts every key in its [`KeyRing`], an issuer signs
+//! with exactly one. This crate knows nothing about accounts or storage.
+
+mod caller;
+mod keys;
+mod layer;
+mod token;
+
+pub use caller::Caller;
+pub use keys::{KeyError, KeyRing, SigningKey};
+pub use layer::{AuthLayer, AuthService, PublicMethods};
+pub use token::{AccessToken, Claims, TokenError, TokenIssuer, TokenVerifier};
+
+/// The gRPC metadata key that carries the access token, as `Bearer <token>`.
+pub const AUTHORIZATION: &str = "authorization";
