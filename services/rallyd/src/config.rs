@@ -1,0 +1,291 @@
+//! `rallyd`'s configuration: flags with `RALLY_*` environment fallbacks, validated at start.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::RallydError;
+
+/// A backend service `rallyd` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub enum ServiceKind {
+    /// Accounts and tokens (`rally.identity.v1.Identity`).
+    Identity,
+    /// Rooms and matchmaking (`rally.rooms.v1.Rooms`, `rally.rooms.v1.Matchmaking`).
+    Rooms,
+    /// The connection broker (`rally.broker.v1.Broker`).
+    Broker,
+}
+
+impl ServiceKind {
+    /// The gRPC services this kind serves.
+    pub fn grpc_names(self) -> &'static [&'static str] {
+        match self {
+            ServiceKind::Identity => &["rally.identity.v1.Identity"],
+            ServiceKind::Rooms => &["rally.rooms.v1.Rooms", "rally.rooms.v1.Matchmaking"],
+            ServiceKind::Broker => &["rally.broker.v1.Broker"],
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// `rallyd`'s configuration. Every flag has an environment variable; with none set, `rallyd`
+/// runs every service on loopback with SQLite under `./rally-data`.
+#[derive(Clone, Parser)]
+#[command(
+    name = "rallyd",
+    version,
+    about = "The Rally server: identity, rooms, matchmaking and the connection broker"
+)]
+pub struct Config {
+    /// Address of the gRPC server.
+    #[arg(long, env = "RALLY_LISTEN", default_value = "127.0.0.1:7370")]
+    pub listen: SocketAddr,
+
+    /// UDP address of the relay and reflector (used once the relay service is built).
+    #[arg(long, env = "RALLY_RELAY_LISTEN", default_value = "127.0.0.1:7371")]
+    pub relay_listen: SocketAddr,
+
+    /// Directory for the embedded database and the generated token-signing key.
+    #[arg(long, env = "RALLY_DATA_DIR", default_value = "./rally-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL: `postgres://user:password@host/db` for Postgres, or `sqlite:path`.
+    /// Default: SQLite at `<data-dir>/rally.db`.
+    #[arg(long, env = "RALLY_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Most database connections to hold open (Postgres).
+    #[arg(long, env = "RALLY_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Which services to run, comma-separated.
+    #[arg(
+        long,
+        env = "RALLY_SERVICES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "identity,rooms,broker"
+    )]
+    pub services: Vec<ServiceKind>,
+
+    /// PEM file of the Ed25519 key that signs access tokens. Default: `<data-dir>/token-signing-key.pem`,
+    /// generated when the identity service runs and the file does not exist.
+    #[arg(long, env = "RALLY_TOKEN_KEY_FILE")]
+    pub token_key_file: Option<PathBuf>,
+
+    /// More PEM files (private or public Ed25519 keys) whose tokens are still accepted, for key
+    /// rotation; comma-separated.
+    #[arg(long, env = "RALLY_TOKEN_VERIFY_KEYS", value_delimiter = ',')]
+    pub token_verify_keys: Vec<PathBuf>,
+
+    /// How long access tokens are valid, in seconds.
+    #[arg(long, env = "RALLY_ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub access_token_ttl_secs: u64,
+
+    /// How long refresh tokens are valid, in seconds.
+    #[arg(long, env = "RALLY_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_secs: u64,
+
+    /// Sign-in attempts (register, login, device login) allowed per username per minute.
+    #[arg(long, env = "RALLY_SIGNIN_PER_USERNAME_PER_MINUTE", default_value_t = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))]
+    pub signin_per_username_per_minute: NonZeroU32,
+
+    /// Sign-in attempts allowed per client IP address per minute.
+    #[arg(long, env = "RALLY_SIGNIN_PER_ADDRESS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
+    pub signin_per_address_per_minute: NonZeroU32,
+
+    /// How long a graceful shutdown waits for open calls and streams, in seconds.
+    #[arg(long, env = "RALLY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "RALLY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks what clap cannot: durations, duplicates, a database URL we understand.
+    pub fn validate(&mut self) -> Result<(), RallydError> {
+        self.services.sort();
+        self.services.dedup();
+        if self.services.is_empty() {
+            return Err(RallydError::Config("--services names no service".into()));
+        }
+        if self.access_token_ttl_secs == 0 || self.access_token_ttl_secs > 24 * 3600 {
+            return Err(RallydError::Config(
+                "--access-token-ttl-secs must be 1 to 86400".into(),
+            ));
+        }
+        if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
+            return Err(RallydError::Config(
+                "--refresh-token-ttl-secs must not be shorter than the access token's".into(),
+            ));
+        }
+        if self.database_max_connections == 0 {
+            return Err(RallydError::Config(
+                "--database-max-connections must be at least 1".into(),
+            ));
+        }
+        if let Some(url) = &self.database_url
+            && !(is_postgres_url(url) || url.starts_with("sqlite:"))
+        {
+            return Err(RallydError::Config(format!(
+                "--database-url must start with postgres://, postgresql:// or sqlite: (got {})",
+                redact_url(url)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `kind` runs in this process.
+    pub fn runs(&self, kind: ServiceKind) -> bool {
+        self.services.contains(&kind)
+    }
+
+    /// The token-signing key file.
+    pub fn token_key_path(&self) -> PathBuf {
+        self.token_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("token-signing-key.pem"))
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+pub(crate) fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The URL with any password replaced by `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("relay_listen", &self.relay_listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("database_max_connections", &self.database_max_connections)
+            .field("services", &self.services)
+            .field("token_key_file", &self.token_key_path())
+            .field("token_verify_keys", &self.token_verify_keys)
+            .field("access_token_ttl_secs", &self.access_token_ttl_secs)
+            .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
+            .field(
+                "signin_per_username_per_minute",
+                &self.signin_per_username_per_minute,
+            )
+            .field(
+                "signin_per_address_per_minute",
+                &self.signin_per_address_per_minute,
+            )
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["rallyd"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("parse")
+    }
+
+    #[test]
+    fn no_flags_means_every_service_on_loopback_with_local_data() {
+        let config = parse(&[]);
+        assert_eq!(config.listen, "127.0.0.1:7370".parse().expect("addr"));
+        assert_eq!(config.relay_listen, "127.0.0.1:7371".parse().expect("addr"));
+        assert_eq!(config.data_dir, PathBuf::from("./rally-data"));
+        assert_eq!(
+            config.services,
+            vec![
+                ServiceKind::Identity,
+                ServiceKind::Rooms,
+                ServiceKind::Broker
+            ]
+        );
+        assert_eq!(
+            config.token_key_path(),
+            PathBuf::from("./rally-data/token-signing-key.pem")
+        );
+    }
+
+    #[test]
+    fn services_are_a_comma_separated_subset() {
+        let mut config = parse(&["--services", "broker,identity,broker"]);
+        config.validate().expect("valid");
+        assert_eq!(
+            config.services,
+            vec![ServiceKind::Identity, ServiceKind::Broker]
+        );
+        assert!(Config::try_parse_from(["rallyd", "--services", "identity,nope"]).is_err());
+    }
+
+    #[test]
+    fn unknown_database_schemes_are_refused_with_the_password_hidden() {
+        let mut config = parse(&["--database-url", "mysql://root:hunter2@db/rally"]);
+        let err = config.validate().expect_err("invalid").to_string();
+        assert!(err.contains("mysql://root:***@db/rally"), "{err}");
+        assert!(!err.contains("hunter2"));
+    }
+
+    #[test]
+    fn the_printed_config_never_shows_the_database_password() {
+        let config = parse(&["--database-url", "postgres://rally:s3cret@db:5432/rally"]);
+        let printed = format!("{config:?}");
+        assert!(
+            printed.contains("postgres://rally:***@db:5432/rally"),
+            "{printed}"
+        );
+        assert!(!printed.contains("s3cret"));
+    }
+
+    #[test]
+    fn redaction_keeps_urls_without_passwords() {
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
+        assert_eq!(redact_url("sqlite:./a.db"), "sqlite:./a.db");
+        assert_eq!(redact_url("postgres://u:p@h"), "postgres://u:***@h");
+    }
+}

@@ -1,0 +1,60 @@
+//! Choosing and opening the database: SQLite (embedded default) or Postgres.
+
+use std::sync::Arc;
+
+use rally_store::IdentityStore;
+use rally_store_postgres::PostgresStore;
+use rally_store_sqlite::SqliteStore;
+
+use crate::config::is_postgres_url;
+use crate::{Config, RallydError};
+
+/// The open database, whichever backend it is.
+#[derive(Clone)]
+pub enum Database {
+    /// The embedded SQLite database (single replica).
+    Sqlite(Arc<SqliteStore>),
+    /// A Postgres database (any number of replicas).
+    Postgres(Arc<PostgresStore>),
+}
+
+impl Database {
+    /// Opens (creating and migrating as needed) the database the config names.
+    pub async fn open(config: &Config) -> Result<Self, RallydError> {
+        match config.database_url.as_deref() {
+            Some(url) if is_postgres_url(url) => {
+                let store = PostgresStore::connect(url, config.database_max_connections).await?;
+                Ok(Self::Postgres(Arc::new(store)))
+            }
+            Some(url) => Ok(Self::Sqlite(Arc::new(SqliteStore::open_url(url).await?))),
+            None => {
+                let path = config.data_dir.join("rally.db");
+                Ok(Self::Sqlite(Arc::new(SqliteStore::open(&path).await?)))
+            }
+        }
+    }
+
+    /// The backend's name, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The identity store.
+    pub fn identity(&self) -> Arc<dyn IdentityStore> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Postgres(store) => store.clone(),
+        }
+    }
+
+    /// Closes the connection pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(store) => store.close().await,
+            Self::Postgres(store) => store.close().await,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The `rallyd` binary: parse the configuration, set up logging, run until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rallyd::{Config, RallydError, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    telemetry::init(config.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "rallyd failed");
+            eprintln!("rallyd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), RallydError> {
+    let running = rallyd::start(config).await?;
+    let shutdown = running.shutdown_token();
+    tokio::spawn(async move {
+        match shutdown_signal().await {
+            Ok(name) => tracing::info!(signal = name, "shutdown requested"),
+            Err(error) => tracing::error!(%error, "cannot listen for signals; shutting down"),
+        }
+        shutdown.cancel();
+    });
+    running.wait().await
+}
+
+async fn shutdown_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => Ok("SIGTERM"),
+            _ = interrupt.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok("Ctrl-C")
+    }
+}

@@ -1,0 +1,260 @@
+//! Assembling and running the gRPC server, and its graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rally_auth::{AuthLayer, KeyRing, PublicMethods, SigningKey, TokenIssuer, TokenVerifier};
+use rally_identity::{IdentityConfig, IdentityService, ThrottleConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::{Config, Database, RallydError, ServiceKind};
+
+/// Largest request message the identity service decodes; its biggest field is a 1024-byte password.
+const IDENTITY_MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Most concurrent calls on one client connection.
+const MAX_CALLS_PER_CONNECTION: usize = 256;
+
+/// A running `rallyd`.
+pub struct Running {
+    grpc_addr: SocketAddr,
+    database: Database,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), RallydError>>,
+}
+
+impl Running {
+    /// The address the gRPC server listens on (the real port when configured with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The database it runs on.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Cancelling this token starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Starts a graceful shutdown and waits for it to finish.
+    pub async fn stop(self) -> Result<(), RallydError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server has stopped (after a shutdown was started elsewhere).
+    pub async fn wait(self) -> Result<(), RallydError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(RallydError::Server(format!("server task failed: {join}"))),
+        }
+    }
+}
+
+/// Starts `rallyd` with `config`: opens the database, loads keys, binds and serves.
+///
+/// Returns once the server is listening; it then runs until [`Running::stop`] or its shutdown
+/// token is cancelled.
+pub async fn start(mut config: Config) -> Result<Running, RallydError> {
+    config.validate()?;
+    tracing::info!(?config, "starting rallyd");
+    if config.database_url.is_none() || config.token_key_file.is_none() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| RallydError::Io {
+            what: format!("creating data directory {}", config.data_dir.display()),
+            source,
+        })?;
+    }
+
+    let database = Database::open(&config).await?;
+    tracing::info!(
+        backend = database.backend(),
+        "database ready (migrations applied)"
+    );
+
+    let (key, ring) = load_keys(&config)?;
+    let verifier = Arc::new(TokenVerifier::new(ring));
+    let mut public = PublicMethods::default()
+        .service("grpc.health.v1.Health")
+        .service("grpc.reflection.v1.ServerReflection")
+        .service("grpc.reflection.v1alpha.ServerReflection");
+
+    let identity = match config.runs(ServiceKind::Identity) {
+        true => {
+            for method in rally_identity::PUBLIC_METHODS {
+                public = public.method(method);
+            }
+            let issuer = Arc::new(TokenIssuer::new(
+                &key,
+                Duration::from_secs(config.access_token_ttl_secs),
+            ));
+            let identity_config = IdentityConfig {
+                refresh_ttl: Duration::from_secs(config.refresh_token_ttl_secs),
+                throttle: ThrottleConfig {
+                    per_username_per_minute: config.signin_per_username_per_minute,
+                    per_address_per_minute: config.signin_per_address_per_minute,
+                    ..ThrottleConfig::default()
+                },
+                ..IdentityConfig::default()
+            };
+            let service = IdentityService::new(database.identity(), issuer, identity_config)?;
+            Some(
+                service
+                    .into_server()
+                    .max_decoding_message_size(IDENTITY_MAX_MESSAGE_BYTES),
+            )
+        }
+        false => None,
+    };
+    let rooms = config
+        .runs(ServiceKind::Rooms)
+        .then(|| rally_rooms::RoomsService::default().into_server());
+    let matchmaking = config
+        .runs(ServiceKind::Rooms)
+        .then(|| rally_rooms::MatchmakingService::default().into_server());
+    let broker = config
+        .runs(ServiceKind::Broker)
+        .then(|| rally_broker::BrokerService::default().into_server());
+
+    let served: Vec<&'static str> = config
+        .services
+        .iter()
+        .flat_map(|kind| kind.grpc_names().iter().copied())
+        .collect();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    for name in &served {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rally_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in &served {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| {
+        RallydError::Server(format!("building reflection: {e}"))
+    };
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RallydError::Io {
+            what: format!("binding gRPC address {}", config.listen),
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| RallydError::Io {
+        what: "reading the bound gRPC address".into(),
+        source,
+    })?;
+
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .layer(AuthLayer::new(verifier, public))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_optional_service(identity)
+        .add_optional_service(rooms)
+        .add_optional_service(matchmaking)
+        .add_optional_service(broker);
+
+    let shutdown = CancellationToken::new();
+    let grace = config.shutdown_grace();
+    let task = {
+        let shutdown = shutdown.clone();
+        let database = database.clone();
+        tokio::spawn(async move {
+            let signal = {
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    tracing::info!("shutting down: refusing new calls, draining open ones");
+                    health
+                        .set_service_status("", ServingStatus::NotServing)
+                        .await;
+                    for name in served {
+                        health
+                            .set_service_status(name, ServingStatus::NotServing)
+                            .await;
+                    }
+                }
+            };
+            let serve =
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            tokio::pin!(serve);
+            let result = tokio::select! {
+                result = &mut serve => result,
+                () = shutdown.cancelled() => match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(?grace, "grace period over; closing the remaining connections");
+                        Ok(())
+                    }
+                },
+            };
+            database.close().await;
+            tracing::info!("rallyd stopped");
+            result.map_err(|e| RallydError::Server(e.to_string()))
+        })
+    };
+    tracing::info!("gRPC listening on {grpc_addr}");
+    Ok(Running {
+        grpc_addr,
+        database,
+        shutdown,
+        task,
+    })
+}
+
+/// The signing key, and the ring of keys whose tokens are accepted.
+fn load_keys(config: &Config) -> Result<(SigningKey, KeyRing), RallydError> {
+    let path = config.token_key_path();
+    let key = if config.runs(ServiceKind::Identity) {
+        let (key, generated) = SigningKey::load_or_generate(&path)?;
+        if generated {
+            tracing::info!(path = %path.display(), kid = key.kid(), "generated a token-signing key");
+        }
+        key
+    } else {
+        // Services that only verify must share the identity service's key: never invent one.
+        let text = std::fs::read_to_string(&path).map_err(|source| RallydError::Io {
+            what: format!(
+                "reading the token key {} (services without identity need the identity service's key)",
+                path.display()
+            ),
+            source,
+        })?;
+        SigningKey::from_pem(&text).map_err(|reason| {
+            RallydError::Keys(rally_auth::KeyError::Malformed {
+                path: path.display().to_string(),
+                reason,
+            })
+        })?
+    };
+    let mut ring = KeyRing::of(&key);
+    for extra in &config.token_verify_keys {
+        let kid = ring.insert_pem_file(extra)?;
+        tracing::info!(path = %extra.display(), kid, "accepting tokens of an extra key");
+    }
+    tracing::info!(path = %path.display(), kid = key.kid(), accepted = ?ring.kids(), "token keys loaded");
+    Ok((key, ring))
+}

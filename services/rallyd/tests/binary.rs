@@ -1,0 +1,164 @@
+//! The `rallyd` binary as a user runs it: no configuration, then SIGTERM, then again.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rally_proto::identity::v1::identity_client::IdentityClient;
+use rally_proto::identity::v1::{LoginRequest, RegisterRequest};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A `rallyd` child process and its log lines.
+struct Rallyd {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    addr: SocketAddr,
+}
+
+impl Rallyd {
+    /// Starts the binary in `dir` with no flags; only the port is made free (`RALLY_LISTEN`).
+    fn start(dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rallyd"))
+            .current_dir(dir)
+            .env("RALLY_LISTEN", "127.0.0.1:0")
+            .env_remove("RALLY_DATABASE_URL")
+            .env_remove("RALLY_DATA_DIR")
+            .env_remove("RALLY_SERVICES")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn rallyd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("rallyd| {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut this = Self {
+            child,
+            lines,
+            addr: "0.0.0.0:0".parse().expect("addr"),
+        };
+        let line = this.wait_for("gRPC listening on ");
+        let addr = line
+            .split("gRPC listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address after the marker");
+        this.addr = addr.parse().expect("socket address");
+        this
+    }
+
+    /// Waits for a log line containing `marker`; fails on a line that reports the grace period
+    /// running out (every client here closes its connections before the shutdown).
+    fn wait_for(&mut self, marker: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return line,
+                Ok(line) if line.contains("grace period over") => {
+                    panic!("shutdown did not drain cleanly: {line}")
+                }
+                Ok(_) => {}
+                Err(_) => panic!("rallyd did not log {marker:?} within 60 s"),
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill failed");
+        self.wait_for("rallyd stopped");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                assert!(exit.success(), "rallyd exited with {exit}");
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "rallyd did not exit");
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Rallyd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Multi-threaded: `terminate` blocks this thread while the clients' connection tasks must still
+// run to close their connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rallyd_with_no_configuration_serves_keeps_its_data_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rallyd = Rallyd::start(dir.path());
+
+    let channel = tonic::transport::Channel::from_shared(rallyd.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let status = health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(status.status, 1, "SERVING");
+    let mut identity = IdentityClient::connect(rallyd.url())
+        .await
+        .expect("connect");
+    identity
+        .register(RegisterRequest {
+            username: "persisted".into(),
+            password: "persisted password".into(),
+            display_name: String::new(),
+        })
+        .await
+        .expect("register");
+    drop((health, identity));
+    rallyd.terminate();
+
+    let data = dir.path().join("rally-data");
+    assert!(
+        data.join("rally.db").is_file(),
+        "SQLite database under ./rally-data"
+    );
+    let key_file = data.join("token-signing-key.pem");
+    let key = std::fs::read_to_string(&key_file).expect("signing key persisted");
+
+    // Second run: same key, same accounts.
+    let rallyd = Rallyd::start(dir.path());
+    let mut identity = IdentityClient::connect(rallyd.url())
+        .await
+        .expect("connect");
+    identity
+        .login(LoginRequest {
+            username: "persisted".into(),
+            password: "persisted password".into(),
+        })
+        .await
+        .expect("the account survived the restart");
+    assert_eq!(std::fs::read_to_string(&key_file).expect("key"), key);
+    drop(identity);
+    rallyd.terminate();
+}

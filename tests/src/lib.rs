@@ -1,0 +1,153 @@
+//! The harness for Rally's end-to-end tests: a real `rallyd` started in-process on
+//! `127.0.0.1:0`, on a throwaway SQLite file or a throwaway Postgres database, and clients of it.
+//!
+//! Postgres tests need the server at `RALLY_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); without it they fail under `CI=true` and skip
+//! with a message elsewhere (see `rally_store_postgres::testing::TempDatabase`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rally_store_postgres::testing::TempDatabase;
+use rallyd::{Config, Running};
+use tonic::transport::Channel;
+
+/// Which database a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// A fresh Postgres database.
+    Postgres,
+}
+
+/// A `rallyd` running in this process, with everything it owns thrown away on drop.
+pub struct TestServer {
+    running: Option<Running>,
+    addr: SocketAddr,
+    data: tempfile::TempDir,
+    database: Option<TempDatabase>,
+}
+
+impl TestServer {
+    /// A server on `backend` with default settings; `None` when Postgres is unavailable outside CI.
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// A server on `backend` with extra `rallyd` flags.
+    pub async fn start_with(backend: Backend, args: &[&str]) -> Option<Self> {
+        let data = tempfile::tempdir().expect("temporary data directory");
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TempDatabase::create().await?),
+        };
+        let running = boot(data.path(), database.as_ref().map(TempDatabase::url), args).await;
+        Some(Self {
+            addr: running.grpc_addr(),
+            running: Some(running),
+            data,
+            database,
+        })
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// The token-signing key file the server generated.
+    pub fn key_file(&self) -> PathBuf {
+        self.data.path().join("token-signing-key.pem")
+    }
+
+    /// A new connection to the server.
+    pub async fn channel(&self) -> Channel {
+        rally_client::connect(&format!("http://{}", self.addr))
+            .await
+            .expect("connect to rallyd")
+    }
+
+    /// Stops the server gracefully (and checks that it stopped cleanly).
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(30), running.stop())
+                .await
+                .expect("rallyd did not stop within 30 s")
+                .expect("rallyd stopped with an error");
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data and database.
+    pub async fn restart(mut self, args: &[&str]) -> Self {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("rallyd stopped with an error");
+        }
+        let running = boot(
+            self.data.path(),
+            self.database.as_ref().map(TempDatabase::url),
+            args,
+        )
+        .await;
+        self.addr = running.grpc_addr();
+        self.running = Some(running);
+        self
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown_token().cancel();
+        }
+    }
+}
+
+async fn boot(data: &Path, database_url: Option<&str>, args: &[&str]) -> Running {
+    let data_dir = data.display().to_string();
+    let mut all = vec!["rallyd", "--listen", "127.0.0.1:0", "--data-dir", &data_dir];
+    if let Some(url) = database_url {
+        all.extend(["--database-url", url]);
+    }
+    all.extend_from_slice(args);
+    let config = <Config as clap::Parser>::try_parse_from(all).expect("test config parses");
+    rallyd::start(config).await.expect("rallyd starts")
+}
+
+/// Runs each named async test fn (taking `&TestServer`) on SQLite and on Postgres, as
+/// `sqlite::<name>` and `postgres::<name>`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = $crate::TestServer::start($crate::Backend::Sqlite)
+                        .await
+                        .expect("SQLite server");
+                    super::$name(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(server) = $crate::TestServer::start($crate::Backend::Postgres).await else {
+                        return;
+                    };
+                    super::$name(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+    };
+}
