@@ -3,8 +3,8 @@
 //! This crate defines what the services need from a database, as narrow traits over plain data
 //! types, and nothing about how it is stored: it depends on no database driver. Each backend
 //! (`rally-store-sqlite`, the embedded default; `rally-store-postgres`, for production) implements
-//! the traits and owns its migrations. The [`conformance`] suite (feature `conformance`) is the one
-//! set of behavioural tests every backend must pass.
+//! the traits and owns its migrations. The `conformance` module (behind the feature of that
+//! name) is the one set of behavioural tests every backend must pass.
 //!
 //! Time is passed in by the caller as [`UnixMillis`], never read from a clock here, so behaviour
 //! around expiry is deterministic in tests.
