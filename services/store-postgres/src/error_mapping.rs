@@ -12,6 +12,10 @@ use sqlx::migrate::MigrateError;
 /// The unique constraint on `users.username_key` (named in `migrations/postgres`).
 const USERNAME_KEY_CONSTRAINT: &str = "users_username_key_unique";
 
+/// The unique constraint on `room_members.user_id` (named in `migrations/postgres`): one room per
+/// user. Two concurrent moves of one user that lock no room in common meet here.
+const ROOM_MEMBER_USER_CONSTRAINT: &str = "room_members_user_unique";
+
 /// Maps an error from a store call.
 pub(crate) fn map_error(error: sqlx::Error) -> StoreError {
     let meaning = match &error {
@@ -24,6 +28,21 @@ pub(crate) fn map_error(error: sqlx::Error) -> StoreError {
         _ => None,
     };
     meaning.unwrap_or_else(|| StoreError::Backend(error.into()))
+}
+
+/// Whether a failed room change lost a race to a concurrent one, so that running it again, in a
+/// new transaction, may succeed: a deadlock, a serialisation failure, or a second room for one
+/// user. (When retrying stops, [`map_error`] still decides what the error means.)
+pub(crate) fn is_lost_race(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database_error) = error else {
+        return false;
+    };
+    match database_error.kind() {
+        ErrorKind::UniqueViolation => {
+            database_error.constraint() == Some(ROOM_MEMBER_USER_CONSTRAINT)
+        }
+        _ => matches!(database_error.code().as_deref(), Some("40001" | "40P01")),
+    }
 }
 
 /// Maps an error from bringing the schema up to date.
@@ -142,6 +161,37 @@ mod tests {
     fn a_unique_violation_of_another_key_is_a_backend_error() {
         let error = database_error("23505", Some("users_pkey"));
         assert!(matches!(map_error(error), StoreError::Backend(_)));
+    }
+
+    #[test]
+    fn deadlocks_serialisation_failures_and_a_second_room_for_a_user_are_lost_races() {
+        for (sqlstate, constraint) in [
+            ("40P01", None),
+            ("40001", None),
+            ("23505", Some(ROOM_MEMBER_USER_CONSTRAINT)),
+        ] {
+            assert!(
+                is_lost_race(&database_error(sqlstate, constraint)),
+                "{sqlstate} {constraint:?} is a lost race"
+            );
+        }
+    }
+
+    #[test]
+    fn other_failures_are_not_lost_races() {
+        for (sqlstate, constraint) in [
+            ("23505", Some("rooms_pkey")),
+            ("23505", Some(USERNAME_KEY_CONSTRAINT)),
+            ("55P03", None),
+            ("08006", None),
+            ("42601", None),
+        ] {
+            assert!(
+                !is_lost_race(&database_error(sqlstate, constraint)),
+                "{sqlstate} {constraint:?} is not a lost race"
+            );
+        }
+        assert!(!is_lost_race(&sqlx::Error::PoolTimedOut));
     }
 
     #[test]

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use rally_store::StoreError;
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::error_mapping::{map_error, map_migrate_error};
 
@@ -15,12 +15,17 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 /// How long a call waits for a free pooled connection before giving up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many of its latest events each room keeps, unless configured otherwise.
+pub const DEFAULT_RETAINED_EVENTS: u64 = 1000;
+
 /// The `rally-store` traits on a Postgres database.
 ///
 /// Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pub(crate) pool: PgPool,
+    /// How many of its latest events each room keeps.
+    pub(crate) retained_events: u64,
 }
 
 impl PostgresStore {
@@ -65,7 +70,38 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(map_error)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            retained_events: DEFAULT_RETAINED_EVENTS,
+        })
+    }
+
+    /// This store, keeping the latest `retained_events` events of each room (default
+    /// [`DEFAULT_RETAINED_EVENTS`]) instead; older ones are deleted as newer ones are appended.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), rally_store::StoreError> {
+    /// let url = "postgres://rally@db.internal/rally";
+    /// let store = rally_store_postgres::PostgresStore::connect(url, 16)
+    ///     .await?
+    ///     .with_retained_events(200);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_retained_events(self, retained_events: u64) -> Self {
+        Self {
+            retained_events,
+            ..self
+        }
+    }
+
+    /// Starts a read-only transaction whose reads all see one snapshot of the database.
+    pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(map_error)
     }
 
     /// Closes every pooled connection, waiting for calls in flight. Later calls fail with

@@ -9,6 +9,9 @@ use rally_store_postgres::testing::TempDatabase;
 /// stay within the server's connection limit.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// The room cases' retention: small, so that the pruning case stays quick.
+const RETAINED_EVENTS: u64 = 16;
+
 /// A fresh store on its own database, dropped when the guard drops.
 async fn fresh_store() -> Option<(PostgresStore, TempDatabase)> {
     let database = TempDatabase::create().await?;
@@ -18,4 +21,12 @@ async fn fresh_store() -> Option<(PostgresStore, TempDatabase)> {
     Some((store, database))
 }
 
+/// A fresh store keeping only [`RETAINED_EVENTS`] events per room.
+async fn fresh_room_store() -> Option<(PostgresStore, TempDatabase)> {
+    let (store, database) = fresh_store().await?;
+    Some((store.with_retained_events(RETAINED_EVENTS), database))
+}
+
 rally_store::identity_conformance_tests!(fresh_store());
+rally_store::room_conformance_tests!(fresh_room_store());
+rally_store::ticket_conformance_tests!(fresh_room_store());

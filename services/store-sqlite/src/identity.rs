@@ -8,7 +8,7 @@ use rally_store::{
     Account, Credentials, IdentityStore, NewSession, NewUser, RefreshRotation, StoreError,
     TokenHash, UnixMillis, User,
 };
-use sqlx::{Sqlite, SqliteConnection, SqliteExecutor, Transaction};
+use sqlx::{SqliteConnection, SqliteExecutor};
 use uuid::Uuid;
 
 use crate::SqliteStore;
@@ -82,16 +82,6 @@ fn username_key(username: &str) -> String {
 /// A count from the database as the trait's `u32`.
 fn count(rows: impl TryInto<u32>) -> u32 {
     rows.try_into().unwrap_or(u32::MAX)
-}
-
-impl SqliteStore {
-    /// Starts a transaction holding the database's write lock.
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_error)
-    }
 }
 
 async fn insert_user(executor: impl SqliteExecutor<'_>, user: &NewUser) -> Result<(), StoreError> {

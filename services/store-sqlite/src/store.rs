@@ -5,9 +5,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use rally_store::StoreError;
-use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use crate::error_mapping::{map_error, map_migrate_error};
 
@@ -20,12 +20,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a call waits for a free pooled connection before giving up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many of its latest events each room keeps, unless configured otherwise.
+pub const DEFAULT_RETAINED_EVENTS: u64 = 1000;
+
 /// The `rally-store` traits on a SQLite database.
 ///
 /// Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// How many of its latest events each room keeps.
+    pub(crate) retained_events: u64,
 }
 
 impl SqliteStore {
@@ -72,6 +77,38 @@ impl SqliteStore {
         Self::open_with(options).await
     }
 
+    /// This store, keeping the latest `retained_events` events of each room (default
+    /// [`DEFAULT_RETAINED_EVENTS`]) instead; older ones are deleted as newer ones are appended.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), rally_store::StoreError> {
+    /// let store = rally_store_sqlite::SqliteStore::open("rally.db".as_ref())
+    ///     .await?
+    ///     .with_retained_events(200);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_retained_events(self, retained_events: u64) -> Self {
+        Self {
+            retained_events,
+            ..self
+        }
+    }
+
+    /// Starts a transaction holding the database's write lock.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_error)
+    }
+
+    /// Starts a read-only transaction: its reads see one consistent state of the database.
+    pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(map_error)
+    }
+
     /// Closes every pooled connection, waiting for calls in flight. Later calls fail with
     /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
@@ -90,6 +127,9 @@ impl SqliteStore {
             .await
             .map_err(map_error)?;
         MIGRATOR.run(&pool).await.map_err(map_migrate_error)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            retained_events: DEFAULT_RETAINED_EVENTS,
+        })
     }
 }

@@ -1,4 +1,6 @@
-//! The behaviour every [`IdentityStore`] backend must show, as executable cases.
+//! The behaviour every [`IdentityStore`] backend must show, as executable cases; the
+//! [`rooms`] module holds those of [`RoomStore`](crate::RoomStore), and the [`tickets`] module
+//! those of [`TicketStore`](crate::TicketStore).
 //!
 //! Each case is a public async function taking a fresh, empty store and panicking with a message
 //! naming the broken promise. A backend runs them all with
@@ -19,7 +21,9 @@ use crate::{
 };
 
 mod accounts;
+pub mod rooms;
 mod sessions;
+pub mod tickets;
 
 pub use accounts::*;
 pub use sessions::*;

@@ -1,7 +1,8 @@
 //! Rally's storage contract.
 //!
 //! This crate defines what the services need from a database, as narrow traits over plain data
-//! types, and nothing about how it is stored: it depends on no database driver. Each backend
+//! types ([`IdentityStore`], [`RoomStore`], [`TicketStore`], together [`Store`]), and nothing
+//! about how it is stored: it depends on no database driver. Each backend
 //! (`rally-store-sqlite`, the embedded default; `rally-store-postgres`, for production) implements
 //! the traits and owns its migrations. The `conformance` module (behind the feature of that
 //! name) is the one set of behavioural tests every backend must pass.
@@ -9,23 +10,29 @@
 //! Time is passed in by the caller as [`UnixMillis`], never read from a clock here, so behaviour
 //! around expiry is deterministic in tests.
 
+pub mod bus;
 pub mod error;
 pub mod identity;
+pub mod matchmaking;
+pub mod rooms;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use bus::{Bus, BusEvent, LocalBus};
 pub use error::StoreError;
 pub use identity::{
     Account, Credentials, IdentityStore, NewSession, NewUser, RefreshRotation, TokenHash, User,
 };
+pub use matchmaking::TicketStore;
+pub use rooms::RoomStore;
 
 /// Milliseconds since the Unix epoch (UTC).
 pub type UnixMillis = i64;
 
 /// Everything a `rallyd` process needs from its database, as one object.
 ///
-/// Grows a supertrait per service (rooms, broker) as they are built.
-pub trait Store: IdentityStore {}
+/// Grows a supertrait per service (the broker's next) as they are built.
+pub trait Store: IdentityStore + RoomStore + TicketStore {}
 
-impl<T: IdentityStore> Store for T {}
+impl<T: IdentityStore + RoomStore + TicketStore> Store for T {}

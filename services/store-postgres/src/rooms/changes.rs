@@ -1,0 +1,548 @@
+//! The room changes, each one attempt inside one READ COMMITTED transaction run by its caller:
+//! lock the rooms it touches, decide from what the transaction reads, write, append the events
+//! with the room's next sequence numbers, and prune the events past the retention.
+//!
+//! Every change first locks the `rooms` rows it touches (`SELECT ... FOR UPDATE`), in id order so
+//! that two changes touching the same two rooms cannot deadlock. Every write to a room (members,
+//! data, invitations, bans, events, its sequence) happens under its row lock, so decisions on a
+//! room (capacity, membership, ownership hand-over, the next sequence) are made on a state nothing
+//! else changes meanwhile. A user's current room is read before it can be locked, so it is read
+//! again once locked: if the user moved meanwhile, the attempt ends with [`Abort::Moved`] and is
+//! retried. Two moves of one user out of no room lock nothing in common; the unique key on
+//! `room_members.user_id` stops the second, which is then retried too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rally_store::UnixMillis;
+use rally_store::rooms::{
+    DataUpdate, JoinPolicy, LeaveReason, Member, NewRoom, Room, RoomChange, RoomError, RoomEvent,
+    RoomEventKind,
+};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::codec::{self, id_text};
+use super::data_change::data_change;
+use super::reads::{RoomRow, corrupt, load_room, room_row, unsigned};
+use crate::retry::Abort;
+
+/// When a change happens and how many events per room to keep.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub(super) now: UnixMillis,
+    pub(super) retained_events: u64,
+}
+
+pub(super) async fn create_room(
+    conn: &mut PgConnection,
+    room: NewRoom,
+    clock: Clock,
+) -> Result<RoomChange, Abort> {
+    let id = id_text(room.id);
+    let owner = id_text(room.owner);
+    let display_name = display_name(conn, &owner)
+        .await?
+        .ok_or(RoomError::UserNotFound)?;
+    // The new room is not visible to anyone else yet: only the room left needs a lock.
+    let current = locked_current_room(conn, &owner, None).await?;
+    let (events, left_room) = leave_current_room(conn, current, &owner, clock).await?;
+
+    sqlx::query(
+        "INSERT INTO rooms (id, owner, capacity, visibility, join_policy, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(&owner)
+    .bind(i64::from(room.capacity))
+    .bind(codec::visibility_text(room.visibility))
+    .bind(codec::join_policy_text(room.join_policy))
+    .bind(clock.now)
+    .execute(&mut *conn)
+    .await?;
+    insert_member(conn, &id, &owner, &display_name, clock.now, 0).await?;
+    for (key, value) in &room.data {
+        set_data(conn, &id, key, value).await?;
+    }
+    for user in &room.invited {
+        invite(conn, &id, *user).await?;
+    }
+    Ok(RoomChange {
+        room: whole_room(conn, &id).await?,
+        events,
+        left_room,
+    })
+}
+
+pub(super) async fn join_room(
+    conn: &mut PgConnection,
+    room_id: Uuid,
+    user: Uuid,
+    clock: Clock,
+) -> Result<RoomChange, Abort> {
+    let id = id_text(room_id);
+    let user_text = id_text(user);
+    let current = locked_current_room(conn, &user_text, Some(&id)).await?;
+    let room = open_room(conn, &id).await?;
+    let display_name = display_name(conn, &user_text)
+        .await?
+        .ok_or(RoomError::UserNotFound)?;
+    if current.as_deref() == Some(id.as_str()) {
+        return Ok(unchanged(whole_room(conn, &id).await?));
+    }
+    if listed(conn, Listing::Bans, &id, &user_text).await? {
+        return Err(RoomError::Banned.into());
+    }
+    let policy = codec::parse_join_policy(&room.join_policy).map_err(corrupt)?;
+    if policy == JoinPolicy::InviteOnly && !listed(conn, Listing::Invites, &id, &user_text).await? {
+        return Err(RoomError::NotInvited.into());
+    }
+    if member_count(conn, &id).await? >= room.capacity {
+        return Err(RoomError::Full.into());
+    }
+
+    let (mut events, left_room) = leave_current_room(conn, current, &user_text, clock).await?;
+    let joined = RoomEventKind::MemberJoined(Member {
+        user_id: user,
+        display_name: display_name.clone(),
+        joined_at: clock.now,
+    });
+    let joined = append_events(conn, room_id, vec![joined], clock).await?;
+    // Longest-present first: a member joined later has a later MemberJoined.
+    let join_order = joined.last().map_or(0, |event| event.sequence);
+    let join_order = i64::try_from(join_order).map_err(corrupt)?;
+    insert_member(conn, &id, &user_text, &display_name, clock.now, join_order).await?;
+    events.extend(joined);
+    Ok(RoomChange {
+        room: whole_room(conn, &id).await?,
+        events,
+        left_room,
+    })
+}
+
+pub(super) async fn leave_room(
+    conn: &mut PgConnection,
+    room_id: Uuid,
+    user: Uuid,
+    reason: LeaveReason,
+    clock: Clock,
+) -> Result<RoomChange, Abort> {
+    let id = id_text(room_id);
+    let user_text = id_text(user);
+    lock_rooms(conn, &[&id]).await?;
+    let room = open_room(conn, &id).await?;
+    if !is_member(conn, &id, &user_text).await? {
+        return Err(RoomError::NotMember.into());
+    }
+    let departure = remove_member(conn, &room, &user_text, reason, clock.now).await?;
+    let events = append_events(conn, room_id, departure, clock).await?;
+    Ok(RoomChange {
+        room: whole_room(conn, &id).await?,
+        events,
+        left_room: None,
+    })
+}
+
+pub(super) async fn kick_member(
+    conn: &mut PgConnection,
+    room_id: Uuid,
+    by: Uuid,
+    target: Uuid,
+    clock: Clock,
+) -> Result<RoomChange, Abort> {
+    let id = id_text(room_id);
+    let target_text = id_text(target);
+    lock_rooms(conn, &[&id]).await?;
+    let room = open_room(conn, &id).await?;
+    if room.owner != id_text(by) {
+        return Err(RoomError::NotOwner.into());
+    }
+    if by == target {
+        return Err(RoomError::KickSelf.into());
+    }
+    if !is_member(conn, &id, &target_text).await? {
+        return Err(RoomError::TargetNotMember.into());
+    }
+    let mut kinds =
+        remove_member(conn, &room, &target_text, LeaveReason::Kicked, clock.now).await?;
+    sqlx::query("INSERT INTO room_bans (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(&id)
+        .bind(&target_text)
+        .execute(&mut *conn)
+        .await?;
+    if uninvite(conn, &id, target).await? {
+        kinds.push(RoomEventKind::DataChanged {
+            set: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+            invited: BTreeSet::new(),
+            uninvited: BTreeSet::from([target]),
+        });
+    }
+    let events = append_events(conn, room_id, kinds, clock).await?;
+    Ok(RoomChange {
+        room: whole_room(conn, &id).await?,
+        events,
+        left_room: None,
+    })
+}
+
+pub(super) async fn update_room_data(
+    conn: &mut PgConnection,
+    room_id: Uuid,
+    by: Uuid,
+    update: DataUpdate,
+    clock: Clock,
+) -> Result<RoomChange, Abort> {
+    let id = id_text(room_id);
+    lock_rooms(conn, &[&id]).await?;
+    let room = open_room(conn, &id).await?;
+    if room.owner != id_text(by) {
+        return Err(RoomError::NotOwner.into());
+    }
+    let before = whole_room(conn, &id).await?;
+    let Some(change) = data_change(&before, &update)? else {
+        return Ok(unchanged(before));
+    };
+    for (key, value) in &change.set {
+        set_data(conn, &id, key, value).await?;
+    }
+    for key in &change.deleted {
+        sqlx::query("DELETE FROM room_data WHERE room_id = $1 AND key = $2")
+            .bind(&id)
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for user in &change.invited {
+        invite(conn, &id, *user).await?;
+    }
+    for user in &change.uninvited {
+        uninvite(conn, &id, *user).await?;
+    }
+    let events = append_events(conn, room_id, vec![change.into_event()], clock).await?;
+    Ok(RoomChange {
+        room: whole_room(conn, &id).await?,
+        events,
+        left_room: None,
+    })
+}
+
+/// A change that changed nothing.
+fn unchanged(room: Room) -> RoomChange {
+    RoomChange {
+        room,
+        events: Vec::new(),
+        left_room: None,
+    }
+}
+
+/// The room `room_id` if it exists and is open; a closed room is as good as none.
+async fn open_room(conn: &mut PgConnection, room_id: &str) -> Result<RoomRow, Abort> {
+    match room_row(conn, room_id).await? {
+        Some(room) if room.closed_at.is_none() => Ok(room),
+        _ => Err(RoomError::NotFound.into()),
+    }
+}
+
+/// The room `room_id`, whole, which the transaction knows exists.
+async fn whole_room(conn: &mut PgConnection, room_id: &str) -> Result<Room, Abort> {
+    let room = load_room(conn, room_id).await?;
+    Ok(room.ok_or_else(|| corrupt("a room vanished within its transaction"))?)
+}
+
+/// Locks the room `user` is in and `also` (when given), and returns the user's room, checked
+/// again under the locks; ends the attempt with [`Abort::Moved`] if it changed meanwhile.
+async fn locked_current_room(
+    conn: &mut PgConnection,
+    user: &str,
+    also: Option<&str>,
+) -> Result<Option<String>, Abort> {
+    let mut rooms = locked_current_rooms(conn, &[user], also).await?;
+    Ok(rooms.remove(user))
+}
+
+/// Locks the rooms `users` are in and `also` (when given), all at once in id order, and returns
+/// each user's room (users in none are absent), checked again under the locks; ends the attempt
+/// with [`Abort::Moved`] if any of them changed meanwhile.
+pub(super) async fn locked_current_rooms(
+    conn: &mut PgConnection,
+    users: &[&str],
+    also: Option<&str>,
+) -> Result<BTreeMap<String, String>, Abort> {
+    let current = current_room_ids(conn, users).await?;
+    let rooms: Vec<&str> = current.values().map(String::as_str).chain(also).collect();
+    lock_rooms(conn, &rooms).await?;
+    if current_room_ids(conn, users).await? != current {
+        return Err(Abort::Moved);
+    }
+    Ok(current)
+}
+
+/// The room each of `users` is in, by user (users in none are absent).
+async fn current_room_ids(
+    conn: &mut PgConnection,
+    users: &[&str],
+) -> Result<BTreeMap<String, String>, Abort> {
+    let rows = sqlx::query_as::<_, (String, String)>(
+        "SELECT user_id, room_id FROM room_members WHERE user_id = ANY($1)",
+    )
+    .bind(users)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Locks the `rooms` rows of `room_ids` (those that exist) for the rest of the transaction, in
+/// id order.
+async fn lock_rooms(conn: &mut PgConnection, room_ids: &[&str]) -> Result<(), Abort> {
+    let mut ordered = room_ids.to_vec();
+    ordered.sort_unstable();
+    ordered.dedup();
+    for room_id in ordered {
+        sqlx::query("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE")
+            .bind(room_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Takes `user` out of `current`, its locked current room, if any (reason `Left`): the events
+/// and the room left.
+async fn leave_current_room(
+    conn: &mut PgConnection,
+    current: Option<String>,
+    user: &str,
+    clock: Clock,
+) -> Result<(Vec<RoomEvent>, Option<Uuid>), Abort> {
+    let Some(current) = current else {
+        return Ok((Vec::new(), None));
+    };
+    let room = room_row(conn, &current)
+        .await?
+        .ok_or_else(|| corrupt("a member's room does not exist"))?;
+    let current_id = codec::parse_id(&current).map_err(corrupt)?;
+    let departure = remove_member(conn, &room, user, LeaveReason::Left, clock.now).await?;
+    let events = append_events(conn, current_id, departure, clock).await?;
+    Ok((events, Some(current_id)))
+}
+
+/// Deletes `user`'s membership of `room`, then hands ownership on or closes the room as needed;
+/// returns the events to append (`MemberLeft`, then `OwnerChanged` or `RoomClosed`).
+async fn remove_member(
+    conn: &mut PgConnection,
+    room: &RoomRow,
+    user: &str,
+    reason: LeaveReason,
+    now: UnixMillis,
+) -> Result<Vec<RoomEventKind>, Abort> {
+    sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+        .bind(&room.id)
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    let user_id = codec::parse_id(user).map_err(corrupt)?;
+    let mut kinds = vec![RoomEventKind::MemberLeft { user_id, reason }];
+    let longest_present = sqlx::query_scalar::<_, String>(
+        "SELECT user_id FROM room_members WHERE room_id = $1 ORDER BY join_order LIMIT 1",
+    )
+    .bind(&room.id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match longest_present {
+        None => {
+            sqlx::query("UPDATE rooms SET closed_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(&room.id)
+                .execute(&mut *conn)
+                .await?;
+            kinds.push(RoomEventKind::RoomClosed);
+        }
+        Some(next) if room.owner == user => {
+            sqlx::query("UPDATE rooms SET owner = $1 WHERE id = $2")
+                .bind(&next)
+                .bind(&room.id)
+                .execute(&mut *conn)
+                .await?;
+            kinds.push(RoomEventKind::OwnerChanged {
+                previous: user_id,
+                new: codec::parse_id(&next).map_err(corrupt)?,
+            });
+        }
+        Some(_) => {}
+    }
+    Ok(kinds)
+}
+
+/// Appends `kinds` to the room's log with its next sequence numbers, and deletes the events that
+/// fall out of the retention.
+async fn append_events(
+    conn: &mut PgConnection,
+    room_id: Uuid,
+    kinds: Vec<RoomEventKind>,
+    clock: Clock,
+) -> Result<Vec<RoomEvent>, Abort> {
+    let id = id_text(room_id);
+    let count = i64::try_from(kinds.len()).map_err(corrupt)?;
+    let latest = sqlx::query_scalar::<_, i64>(
+        "UPDATE rooms SET sequence = sequence + $1 WHERE id = $2 RETURNING sequence",
+    )
+    .bind(count)
+    .bind(&id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut events = Vec::with_capacity(kinds.len());
+    for (sequence, kind) in (latest - count + 1..).zip(kinds) {
+        let (kind_text, payload) = codec::encode_event(&kind).map_err(corrupt)?;
+        sqlx::query(
+            "INSERT INTO room_events (room_id, sequence, occurred_at, kind, payload) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(sequence)
+        .bind(clock.now)
+        .bind(kind_text)
+        .bind(payload)
+        .execute(&mut *conn)
+        .await?;
+        events.push(RoomEvent {
+            room_id,
+            sequence: unsigned(sequence)?,
+            occurred_at: clock.now,
+            kind,
+        });
+    }
+    let retained = i64::try_from(clock.retained_events).unwrap_or(i64::MAX);
+    let oldest_kept = latest.saturating_sub(retained);
+    if oldest_kept > 0 {
+        sqlx::query("DELETE FROM room_events WHERE room_id = $1 AND sequence <= $2")
+            .bind(&id)
+            .bind(oldest_kept)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(events)
+}
+
+async fn display_name(conn: &mut PgConnection, user: &str) -> Result<Option<String>, Abort> {
+    sqlx::query_scalar::<_, String>("SELECT display_name FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_optional(conn)
+        .await
+        .map_err(Abort::from)
+}
+
+async fn insert_member(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user: &str,
+    display_name: &str,
+    joined_at: UnixMillis,
+    join_order: i64,
+) -> Result<(), Abort> {
+    sqlx::query(
+        "INSERT INTO room_members (room_id, user_id, display_name, joined_at, join_order) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(room_id)
+    .bind(user)
+    .bind(display_name)
+    .bind(joined_at)
+    .bind(join_order)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn is_member(conn: &mut PgConnection, room_id: &str, user: &str) -> Result<bool, Abort> {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)",
+    )
+    .bind(room_id)
+    .bind(user)
+    .fetch_one(conn)
+    .await
+    .map_err(Abort::from)
+}
+
+async fn member_count(conn: &mut PgConnection, room_id: &str) -> Result<i64, Abort> {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM room_members WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_one(conn)
+        .await
+        .map_err(Abort::from)
+}
+
+/// A per-room list of users.
+#[derive(Debug, Clone, Copy)]
+enum Listing {
+    Invites,
+    Bans,
+}
+
+async fn listed(
+    conn: &mut PgConnection,
+    listing: Listing,
+    room_id: &str,
+    user: &str,
+) -> Result<bool, Abort> {
+    let sql = match listing {
+        Listing::Invites => {
+            "SELECT EXISTS (SELECT 1 FROM room_invites WHERE room_id = $1 AND user_id = $2)"
+        }
+        Listing::Bans => {
+            "SELECT EXISTS (SELECT 1 FROM room_bans WHERE room_id = $1 AND user_id = $2)"
+        }
+    };
+    sqlx::query_scalar::<_, bool>(sql)
+        .bind(room_id)
+        .bind(user)
+        .fetch_one(conn)
+        .await
+        .map_err(Abort::from)
+}
+
+async fn set_data(
+    conn: &mut PgConnection,
+    room_id: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), Abort> {
+    sqlx::query(
+        "INSERT INTO room_data (room_id, key, value) VALUES ($1, $2, $3) \
+         ON CONFLICT (room_id, key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(room_id)
+    .bind(key)
+    .bind(value)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Invites `user`, which also lifts its kick ban.
+async fn invite(conn: &mut PgConnection, room_id: &str, user: Uuid) -> Result<(), Abort> {
+    let user = id_text(user);
+    sqlx::query(
+        "INSERT INTO room_invites (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(room_id)
+    .bind(&user)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM room_bans WHERE room_id = $1 AND user_id = $2")
+        .bind(room_id)
+        .bind(&user)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Withdraws `user`'s invitation; whether it had one.
+async fn uninvite(conn: &mut PgConnection, room_id: &str, user: Uuid) -> Result<bool, Abort> {
+    let done = sqlx::query("DELETE FROM room_invites WHERE room_id = $1 AND user_id = $2")
+        .bind(room_id)
+        .bind(id_text(user))
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
