@@ -106,6 +106,16 @@ pub struct Config {
     #[arg(long, env = "RALLY_SIGNIN_PER_ADDRESS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
     pub signin_per_address_per_minute: NonZeroU32,
 
+    /// JSON file of matchmaking pools (see `rally_rooms::pools`). Default: one pool, `default`,
+    /// matching any two players.
+    #[arg(long, env = "RALLY_MATCHMAKING_POOLS")]
+    pub matchmaking_pools: Option<PathBuf>,
+
+    /// How often the matchmaker runs a round even when nothing was enqueued (windows widen and
+    /// tickets expire with time), in milliseconds.
+    #[arg(long, env = "RALLY_MATCHMAKING_TICK_MS", default_value_t = 1000)]
+    pub matchmaking_tick_ms: u64,
+
     /// How long a graceful shutdown waits for open calls and streams, in seconds.
     #[arg(long, env = "RALLY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -131,6 +141,11 @@ impl Config {
         if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
             return Err(RallydError::Config(
                 "--refresh-token-ttl-secs must not be shorter than the access token's".into(),
+            ));
+        }
+        if self.matchmaking_tick_ms == 0 {
+            return Err(RallydError::Config(
+                "--matchmaking-tick-ms must be at least 1".into(),
             ));
         }
         if self.database_max_connections == 0 {
@@ -213,6 +228,8 @@ impl std::fmt::Debug for Config {
                 "signin_per_address_per_minute",
                 &self.signin_per_address_per_minute,
             )
+            .field("matchmaking_pools", &self.matchmaking_pools)
+            .field("matchmaking_tick_ms", &self.matchmaking_tick_ms)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("log_format", &self.log_format)
             .finish()

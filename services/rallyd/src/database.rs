@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use rally_store::IdentityStore;
-use rally_store_postgres::PostgresStore;
+use rally_store::{Bus, IdentityStore, LocalBus, RoomStore, TicketStore};
+use rally_store_postgres::{PgBus, PostgresStore};
 use rally_store_sqlite::SqliteStore;
 
 use crate::config::is_postgres_url;
@@ -47,6 +47,31 @@ impl Database {
         match self {
             Self::Sqlite(store) => store.clone(),
             Self::Postgres(store) => store.clone(),
+        }
+    }
+
+    /// The room store.
+    pub fn rooms(&self) -> Arc<dyn RoomStore> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Postgres(store) => store.clone(),
+        }
+    }
+
+    /// The ticket store.
+    pub fn tickets(&self) -> Arc<dyn TicketStore> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Postgres(store) => store.clone(),
+        }
+    }
+
+    /// The cross-replica bus: LISTEN/NOTIFY on Postgres; in-process on SQLite, which is
+    /// single-replica by design.
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        match self {
+            Self::Sqlite(_) => Arc::new(LocalBus::default()),
+            Self::Postgres(store) => Arc::new(PgBus::new(store.as_ref().clone())),
         }
     }
 

@@ -112,12 +112,40 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         }
         false => None,
     };
-    let rooms = config
-        .runs(ServiceKind::Rooms)
-        .then(|| rally_rooms::RoomsService::default().into_server());
-    let matchmaking = config
-        .runs(ServiceKind::Rooms)
-        .then(|| rally_rooms::MatchmakingService::default().into_server());
+    let shutdown = CancellationToken::new();
+    let (rooms, matchmaking) = match config.runs(ServiceKind::Rooms) {
+        true => {
+            let pools = Arc::new(load_pools(&config)?);
+            let room_hub =
+                rally_rooms::Hub::start(database.bus(), rally_rooms::ROOMS_TOPIC, shutdown.clone())
+                    .await?;
+            let ticket_hub = rally_rooms::Hub::start(
+                database.bus(),
+                rally_rooms::TICKETS_TOPIC,
+                shutdown.clone(),
+            )
+            .await?;
+            let matchmaker = rally_rooms::Matchmaker::spawn(
+                database.tickets(),
+                pools.clone(),
+                room_hub.clone(),
+                ticket_hub.clone(),
+                Duration::from_millis(config.matchmaking_tick_ms),
+                shutdown.clone(),
+            );
+            let rooms =
+                rally_rooms::RoomsService::new(database.rooms(), room_hub, shutdown.clone());
+            let matchmaking = rally_rooms::MatchmakingService::new(
+                database.tickets(),
+                pools,
+                ticket_hub,
+                matchmaker,
+                shutdown.clone(),
+            );
+            (Some(rooms.into_server()), Some(matchmaking.into_server()))
+        }
+        false => (None, None),
+    };
     let broker = config
         .runs(ServiceKind::Broker)
         .then(|| rally_broker::BrokerService::default().into_server());
@@ -177,7 +205,6 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         .add_optional_service(matchmaking)
         .add_optional_service(broker);
 
-    let shutdown = CancellationToken::new();
     let grace = config.shutdown_grace();
     let task = {
         let shutdown = shutdown.clone();
@@ -223,6 +250,22 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         shutdown,
         task,
     })
+}
+
+/// The matchmaking pools from `--matchmaking-pools`, or the default pool.
+fn load_pools(config: &Config) -> Result<rally_rooms::pools::Pools, RallydError> {
+    let Some(path) = &config.matchmaking_pools else {
+        return Ok(rally_rooms::pools::Pools::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| RallydError::Io {
+        what: format!("reading matchmaking pools {}", path.display()),
+        source,
+    })?;
+    let pools = rally_rooms::pools::Pools::from_json(&text)
+        .map_err(|e| RallydError::Config(format!("{}: {e}", path.display())))?;
+    let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+    tracing::info!(?names, "matchmaking pools loaded");
+    Ok(pools)
 }
 
 /// The signing key, and the ring of keys whose tokens are accepted.

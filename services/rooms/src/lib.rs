@@ -1,37 +1,28 @@
-//! Rally's rooms and matchmaking services (`rally.rooms.v1.Rooms`, `rally.rooms.v1.Matchmaking`).
+//! Rally's rooms service (`rally.rooms.v1.Rooms`) and matchmaking (`rally.rooms.v1.Matchmaking`).
 //!
-//! Not built yet: both services are mounted so that the contract, authentication, health and
-//! reflection are in place, and every call answers `UNIMPLEMENTED` (after authentication) until
-//! rooms and matchmaking land. This crate will own room state, room events and match formation;
-//! it must not depend on the broker or the relay.
+//! Rooms: handlers validate input ([`rules`]), call one [`rally_store::RoomStore`] transaction,
+//! then announce the new events through the [`RoomHub`], which wakes every WatchRoom stream of
+//! that room on this replica and, through the cross-replica [`rally_store::Bus`], on the others.
+//! Watch streams read events from the store, never from the bus, so a lost wake-up costs latency
+//! at worst, never an event.
+//!
+//! Matchmaking: tickets are stored by a [`rally_store::TicketStore`]; the [`Matchmaker`] forms
+//! matches in rounds (see [`planner`] and [`pools`]) and announces them on the hubs.
+//!
+//! This crate does not authenticate (the `rally-auth` layer in front does) and knows no database
+//! driver; it must not depend on the broker or the relay.
 
-use rally_proto::rooms::v1::matchmaking_server::{Matchmaking, MatchmakingServer};
-use rally_proto::rooms::v1::rooms_server::{Rooms, RoomsServer};
+mod convert;
+mod error;
+mod hub;
+mod matchmaking;
+pub mod planner;
+pub mod pools;
+pub mod rules;
+mod service;
+mod watch;
 
-/// The rooms service.
-#[derive(Debug, Default)]
-pub struct RoomsService {}
-
-impl RoomsService {
-    /// The tonic server for this service.
-    pub fn into_server(self) -> RoomsServer<Self> {
-        RoomsServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl Rooms for RoomsService {}
-
-/// The matchmaking service.
-#[derive(Debug, Default)]
-pub struct MatchmakingService {}
-
-impl MatchmakingService {
-    /// The tonic server for this service.
-    pub fn into_server(self) -> MatchmakingServer<Self> {
-        MatchmakingServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl Matchmaking for MatchmakingService {}
+pub use error::RoomsError;
+pub use hub::{Hub, ROOMS_TOPIC, RoomHub, TICKETS_TOPIC};
+pub use matchmaking::{Matchmaker, MatchmakingService};
+pub use service::RoomsService;
