@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rally_store_postgres::testing::TempDatabase;
@@ -26,8 +27,8 @@ pub enum Backend {
 pub struct TestServer {
     running: Option<Running>,
     addr: SocketAddr,
-    data: tempfile::TempDir,
-    database: Option<TempDatabase>,
+    data: Arc<tempfile::TempDir>,
+    database: Option<Arc<TempDatabase>>,
 }
 
 impl TestServer {
@@ -47,9 +48,26 @@ impl TestServer {
         Some(Self {
             addr: running.grpc_addr(),
             running: Some(running),
-            data,
-            database,
+            data: Arc::new(data),
+            database: database.map(Arc::new),
         })
+    }
+
+    /// Another `rallyd` on the same database and data directory (so the same signing key): a
+    /// second replica. Only meaningful on Postgres (SQLite is single-replica by design).
+    pub async fn replica(&self, args: &[&str]) -> Self {
+        let running = boot(
+            self.data.path(),
+            self.database.as_deref().map(TempDatabase::url),
+            args,
+        )
+        .await;
+        Self {
+            addr: running.grpc_addr(),
+            running: Some(running),
+            data: self.data.clone(),
+            database: self.database.clone(),
+        }
     }
 
     /// The gRPC address.
@@ -91,7 +109,7 @@ impl TestServer {
         }
         let running = boot(
             self.data.path(),
-            self.database.as_ref().map(TempDatabase::url),
+            self.database.as_deref().map(TempDatabase::url),
             args,
         )
         .await;
@@ -150,4 +168,63 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// A signed-in test user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// The user's id.
+    pub user_id: String,
+    /// A valid access token.
+    pub access_token: String,
+    /// The display name.
+    pub name: String,
+}
+
+impl TestServer {
+    /// Signs in a new anonymous user (device login) named `name`.
+    pub async fn user(&self, name: &str) -> TestUser {
+        use rally_proto::identity::v1::{DeviceLoginRequest, identity_client::IdentityClient};
+        let session = IdentityClient::new(self.channel().await)
+            .device_login(DeviceLoginRequest {
+                device_id: format!("e2e-{name}-{}", uuid::Uuid::new_v4().simple()),
+                display_name: name.into(),
+            })
+            .await
+            .expect("device login")
+            .into_inner()
+            .session
+            .expect("session");
+        TestUser {
+            user_id: session.user.expect("user").user_id,
+            access_token: session.access_token,
+            name: name.into(),
+        }
+    }
+
+    /// A matchmaking client acting as `user`.
+    pub async fn matchmaking(
+        &self,
+        user: &TestUser,
+    ) -> rally_proto::rooms::v1::matchmaking_client::MatchmakingClient<
+        tonic::service::interceptor::InterceptedService<Channel, rally_client::Bearer>,
+    > {
+        rally_proto::rooms::v1::matchmaking_client::MatchmakingClient::with_interceptor(
+            self.channel().await,
+            rally_client::Bearer::new(&user.access_token).expect("token is ASCII"),
+        )
+    }
+
+    /// A rooms client acting as `user`.
+    pub async fn rooms(
+        &self,
+        user: &TestUser,
+    ) -> rally_proto::rooms::v1::rooms_client::RoomsClient<
+        tonic::service::interceptor::InterceptedService<Channel, rally_client::Bearer>,
+    > {
+        rally_proto::rooms::v1::rooms_client::RoomsClient::with_interceptor(
+            self.channel().await,
+            rally_client::Bearer::new(&user.access_token).expect("token is ASCII"),
+        )
+    }
 }
