@@ -9,8 +9,8 @@
 //! one consistent snapshot. Stored words and JSON are defined in [`codec`].
 
 mod changes;
-mod codec;
-mod data_change;
+use rally_store::backend::data_change;
+use rally_store::backend::room_codec as codec;
 mod match_room;
 mod reads;
 

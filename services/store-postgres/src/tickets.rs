@@ -9,8 +9,8 @@
 //! policy. Expiry skips tickets others hold ([`queue`]). Reads ([`reads`]) run in a REPEATABLE
 //! READ, READ ONLY transaction. Stored words are defined in [`codec`].
 
-mod codec;
-mod groups;
+use rally_store::backend::ticket_codec as codec;
+use rally_store::backend::ticket_groups as groups;
 mod queue;
 mod reads;
 mod round;

@@ -8,8 +8,8 @@
 //! changes ([`match_room`]).
 
 mod changes;
-mod codec;
-mod data_change;
+use rally_store::backend::data_change;
+use rally_store::backend::room_codec as codec;
 mod match_room;
 mod reads;
 

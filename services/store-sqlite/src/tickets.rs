@@ -9,8 +9,8 @@
 //! ([`crate::rooms::create_match_rooms`]). Reads ([`reads`]) run in a deferred transaction, which
 //! sees one consistent state. Stored words are defined in [`codec`].
 
-mod codec;
-mod groups;
+use rally_store::backend::ticket_codec as codec;
+use rally_store::backend::ticket_groups as groups;
 mod queue;
 mod reads;
 mod round;

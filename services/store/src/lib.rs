@@ -10,6 +10,7 @@
 //! Time is passed in by the caller as [`UnixMillis`], never read from a clock here, so behaviour
 //! around expiry is deterministic in tests.
 
+pub mod backend;
 pub mod bus;
 pub mod error;
 pub mod identity;

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rally_store::matchmaking::{PlannedMatch, Ticket};
+use crate::matchmaking::{PlannedMatch, Ticket};
 use uuid::Uuid;
 
 /// The groups of `planned` that a round forms, each as indexes into `candidates` in candidate
@@ -12,7 +12,7 @@ use uuid::Uuid;
 /// A group is skipped when it is empty, has more tickets than `capacity`, names a ticket that is
 /// not a candidate, or names a user twice or one an earlier formed group took. (Each ticket has
 /// one user, so that also covers a ticket named twice or already taken.)
-pub(super) fn formed_groups(
+pub fn formed_groups(
     candidates: &[Ticket],
     planned: &[PlannedMatch],
     capacity: u32,
@@ -50,7 +50,7 @@ pub(super) fn formed_groups(
 
 #[cfg(test)]
 mod tests {
-    use rally_store::matchmaking::TicketStatus;
+    use crate::matchmaking::TicketStatus;
 
     use super::*;
 

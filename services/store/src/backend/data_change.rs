@@ -3,20 +3,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rally_store::rooms::{DataUpdate, MAX_DATA_KEYS, MAX_INVITED, Room, RoomError, RoomEventKind};
+use crate::rooms::{DataUpdate, MAX_DATA_KEYS, MAX_INVITED, Room, RoomError, RoomEventKind};
 use uuid::Uuid;
 
 /// What an update really changes: `DataChanged`'s fields.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct DataChanges {
-    pub(super) set: BTreeMap<String, String>,
-    pub(super) deleted: BTreeSet<String>,
-    pub(super) invited: BTreeSet<Uuid>,
-    pub(super) uninvited: BTreeSet<Uuid>,
+pub struct DataChanges {
+    /// Keys set to a new value.
+    pub set: BTreeMap<String, String>,
+    /// Keys that existed and are deleted.
+    pub deleted: BTreeSet<String>,
+    /// Users newly invited.
+    pub invited: BTreeSet<Uuid>,
+    /// Users no longer invited.
+    pub uninvited: BTreeSet<Uuid>,
 }
 
 impl DataChanges {
-    pub(super) fn into_event(self) -> RoomEventKind {
+    /// The `DataChanged` event of these changes.
+    pub fn into_event(self) -> RoomEventKind {
         RoomEventKind::DataChanged {
             set: self.set,
             deleted: self.deleted,
@@ -28,10 +33,7 @@ impl DataChanges {
 
 /// What `update` really changes in `room`, or `None` when it changes nothing; refused when the
 /// resulting room would exceed the bounds.
-pub(super) fn data_change(
-    room: &Room,
-    update: &DataUpdate,
-) -> Result<Option<DataChanges>, RoomError> {
+pub fn data_change(room: &Room, update: &DataUpdate) -> Result<Option<DataChanges>, RoomError> {
     let mut data = room.data.clone();
     data.extend(update.set.clone());
     data.retain(|key, _| !update.delete.contains(key));
@@ -69,7 +71,7 @@ pub(super) fn data_change(
 
 #[cfg(test)]
 mod tests {
-    use rally_store::rooms::{JoinPolicy, Visibility};
+    use crate::rooms::{JoinPolicy, Visibility};
 
     use super::*;
 

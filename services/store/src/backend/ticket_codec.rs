@@ -1,20 +1,21 @@
 //! The one place where ticket statuses become stored words, and back. The words are the Postgres
 //! backend's too, so a dump moves between the two.
 
-use rally_store::matchmaking::TicketStatus;
-use sqlx::error::BoxDynError;
+use crate::backend::BoxError;
+use crate::matchmaking::TicketStatus;
 
 /// The stored word for [`TicketStatus::Queued`], which queries name literally so that they match
 /// the schema's partial indexes (`WHERE status = 'queued'`).
-pub(super) const QUEUED: &str = "queued";
+pub const QUEUED: &str = "queued";
 /// The stored word for [`TicketStatus::Matched`].
-pub(super) const MATCHED: &str = "matched";
+pub const MATCHED: &str = "matched";
 /// The stored word for [`TicketStatus::Cancelled`].
-pub(super) const CANCELLED: &str = "cancelled";
+pub const CANCELLED: &str = "cancelled";
 /// The stored word for [`TicketStatus::Expired`].
-pub(super) const EXPIRED: &str = "expired";
+pub const EXPIRED: &str = "expired";
 
-pub(super) fn status_text(status: TicketStatus) -> &'static str {
+/// The stored word of a ticket status.
+pub fn status_text(status: TicketStatus) -> &'static str {
     match status {
         TicketStatus::Queued => QUEUED,
         TicketStatus::Matched => MATCHED,
@@ -23,7 +24,8 @@ pub(super) fn status_text(status: TicketStatus) -> &'static str {
     }
 }
 
-pub(super) fn parse_status(text: &str) -> Result<TicketStatus, BoxDynError> {
+/// Parses a stored ticket status.
+pub fn parse_status(text: &str) -> Result<TicketStatus, BoxError> {
     match text {
         QUEUED => Ok(TicketStatus::Queued),
         MATCHED => Ok(TicketStatus::Matched),

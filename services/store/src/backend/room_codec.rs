@@ -2,19 +2,20 @@
 //!
 //! Visibility, join policy, leave reasons and event kinds are lowercase words; an event's details
 //! are a JSON object whose shape is defined here, by private mirror types rather than by
-//! `rally-store`'s types, so that a change to those cannot silently change what is stored. The
-//! words and JSON are the Postgres backend's too, so a dump moves between the two.
+//! `rally-store`'s types, so that a change to those cannot silently change what is stored. Every
+//! backend stores the same words and JSON, so a dump moves between them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rally_store::rooms::{JoinPolicy, LeaveReason, Member, RoomEventKind, Visibility};
+use crate::rooms::{JoinPolicy, LeaveReason, Member, RoomEventKind, Visibility};
 use serde::{Deserialize, Serialize};
-use sqlx::error::BoxDynError;
 use uuid::Uuid;
+
+use crate::backend::BoxError;
 
 /// The stored word for [`Visibility::Public`], which ListRooms's query names literally so that
 /// it matches the `rooms_listed` partial index.
-pub(super) const PUBLIC: &str = "public";
+pub const PUBLIC: &str = "public";
 const PRIVATE: &str = "private";
 const OPEN: &str = "open";
 const INVITE_ONLY: &str = "invite_only";
@@ -26,22 +27,25 @@ const OWNER_CHANGED: &str = "owner_changed";
 const ROOM_CLOSED: &str = "room_closed";
 
 /// The stored form of an id: canonical hyphenated lowercase text.
-pub(crate) fn id_text(id: Uuid) -> String {
+pub fn id_text(id: Uuid) -> String {
     id.hyphenated().to_string()
 }
 
-pub(crate) fn parse_id(text: &str) -> Result<Uuid, BoxDynError> {
+/// Parses a stored id.
+pub fn parse_id(text: &str) -> Result<Uuid, BoxError> {
     Ok(Uuid::parse_str(text)?)
 }
 
-pub(super) fn visibility_text(visibility: Visibility) -> &'static str {
+/// The stored word of a visibility.
+pub fn visibility_text(visibility: Visibility) -> &'static str {
     match visibility {
         Visibility::Public => PUBLIC,
         Visibility::Private => PRIVATE,
     }
 }
 
-pub(super) fn parse_visibility(text: &str) -> Result<Visibility, BoxDynError> {
+/// Parses a stored visibility.
+pub fn parse_visibility(text: &str) -> Result<Visibility, BoxError> {
     match text {
         PUBLIC => Ok(Visibility::Public),
         PRIVATE => Ok(Visibility::Private),
@@ -49,14 +53,16 @@ pub(super) fn parse_visibility(text: &str) -> Result<Visibility, BoxDynError> {
     }
 }
 
-pub(super) fn join_policy_text(policy: JoinPolicy) -> &'static str {
+/// The stored word of a join policy.
+pub fn join_policy_text(policy: JoinPolicy) -> &'static str {
     match policy {
         JoinPolicy::Open => OPEN,
         JoinPolicy::InviteOnly => INVITE_ONLY,
     }
 }
 
-pub(super) fn parse_join_policy(text: &str) -> Result<JoinPolicy, BoxDynError> {
+/// Parses a stored join policy.
+pub fn parse_join_policy(text: &str) -> Result<JoinPolicy, BoxError> {
     match text {
         OPEN => Ok(JoinPolicy::Open),
         INVITE_ONLY => Ok(JoinPolicy::InviteOnly),
@@ -108,7 +114,7 @@ struct OwnerChanged {
 struct Closed {}
 
 /// An event's stored kind and JSON details.
-pub(super) fn encode_event(event: &RoomEventKind) -> Result<(&'static str, String), BoxDynError> {
+pub fn encode_event(event: &RoomEventKind) -> Result<(&'static str, String), BoxError> {
     let encoded = match event.clone() {
         RoomEventKind::MemberJoined(member) => (
             MEMBER_JOINED,
@@ -153,7 +159,7 @@ pub(super) fn encode_event(event: &RoomEventKind) -> Result<(&'static str, Strin
 }
 
 /// The event stored as `kind` with details `payload`.
-pub(super) fn decode_event(kind: &str, payload: &str) -> Result<RoomEventKind, BoxDynError> {
+pub fn decode_event(kind: &str, payload: &str) -> Result<RoomEventKind, BoxError> {
     let event = match kind {
         MEMBER_JOINED => {
             let joined: Joined = serde_json::from_str(payload)?;
