@@ -116,6 +116,14 @@ pub struct Config {
     #[arg(long, env = "RALLY_MATCHMAKING_TICK_MS", default_value_t = 1000)]
     pub matchmaking_tick_ms: u64,
 
+    /// How long final tickets and closed rooms (with their events) are kept, in seconds.
+    #[arg(long, env = "RALLY_HISTORY_RETENTION_SECS", default_value_t = 24 * 3600)]
+    pub history_retention_secs: u64,
+
+    /// How often old history is purged, in seconds.
+    #[arg(long, env = "RALLY_HISTORY_PURGE_EVERY_SECS", default_value_t = 60)]
+    pub history_purge_every_secs: u64,
+
     /// How long a graceful shutdown waits for open calls and streams, in seconds.
     #[arg(long, env = "RALLY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -141,6 +149,11 @@ impl Config {
         if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
             return Err(RallydError::Config(
                 "--refresh-token-ttl-secs must not be shorter than the access token's".into(),
+            ));
+        }
+        if self.history_purge_every_secs == 0 {
+            return Err(RallydError::Config(
+                "--history-purge-every-secs must be at least 1".into(),
             ));
         }
         if self.matchmaking_tick_ms == 0 {
@@ -230,6 +243,8 @@ impl std::fmt::Debug for Config {
             )
             .field("matchmaking_pools", &self.matchmaking_pools)
             .field("matchmaking_tick_ms", &self.matchmaking_tick_ms)
+            .field("history_retention_secs", &self.history_retention_secs)
+            .field("history_purge_every_secs", &self.history_purge_every_secs)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("log_format", &self.log_format)
             .finish()

@@ -133,6 +133,12 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                 Duration::from_millis(config.matchmaking_tick_ms),
                 shutdown.clone(),
             );
+            rally_rooms::history::spawn_history_janitor(
+                database.tickets(),
+                Duration::from_secs(config.history_retention_secs),
+                Duration::from_secs(config.history_purge_every_secs),
+                shutdown.clone(),
+            );
             let rooms =
                 rally_rooms::RoomsService::new(database.rooms(), room_hub, shutdown.clone());
             let matchmaking = rally_rooms::MatchmakingService::new(

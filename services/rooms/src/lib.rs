@@ -14,6 +14,7 @@
 
 mod convert;
 mod error;
+pub mod history;
 mod hub;
 mod matchmaking;
 pub mod planner;

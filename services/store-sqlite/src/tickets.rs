@@ -17,7 +17,8 @@ mod round;
 
 use async_trait::async_trait;
 use rally_store::matchmaking::{
-    Enqueued, FormedMatch, MatchRoom, NewTicket, PlannedMatch, Ticket, TicketError, TicketStore,
+    Enqueued, FormedMatch, MatchRoom, NewTicket, PlannedMatch, Purged, Ticket, TicketError,
+    TicketStore,
 };
 use rally_store::rooms::RoomError;
 use rally_store::{StoreError, UnixMillis};
@@ -78,5 +79,27 @@ impl TicketStore for SqliteStore {
             round::match_round(&mut tx, pool, limit, room, plan, now, self.clock(now)).await?;
         tx.commit().await.map_err(map_error)?;
         Ok(formed)
+    }
+
+    async fn purge_history(&self, before: UnixMillis) -> Result<Purged, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let tickets = sqlx::query("DELETE FROM tickets WHERE status <> ?1 AND created_at < ?2")
+            .bind(rally_store::backend::ticket_codec::QUEUED)
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_error)?
+            .rows_affected();
+        let rooms = sqlx::query(
+            "DELETE FROM rooms WHERE closed_at IS NOT NULL AND closed_at < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM tickets WHERE tickets.room_id = rooms.id)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_error)?
+        .rows_affected();
+        tx.commit().await.map_err(map_error)?;
+        Ok(Purged { tickets, rooms })
     }
 }

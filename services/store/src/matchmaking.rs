@@ -187,4 +187,19 @@ pub trait TicketStore: Send + Sync + 'static {
         // candidates.
         plan: &(dyn for<'c> Fn(&'c [Ticket]) -> Vec<PlannedMatch> + Send + Sync),
     ) -> Result<Vec<FormedMatch>, RoomError>;
+
+    /// Forgets old history so that the database stays bounded: deletes final (matched, cancelled,
+    /// expired) tickets created before `before`, then closed rooms closed before `before` that no
+    /// remaining ticket refers to (with their members, data and events). Queued tickets and open
+    /// rooms are never deleted. Returns what was deleted.
+    async fn purge_history(&self, before: UnixMillis) -> Result<Purged, StoreError>;
+}
+
+/// What [`TicketStore::purge_history`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Final tickets deleted.
+    pub tickets: u64,
+    /// Closed rooms deleted.
+    pub rooms: u64,
 }

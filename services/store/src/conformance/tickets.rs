@@ -19,10 +19,12 @@ use crate::{StoreError, UnixMillis};
 
 mod queue;
 mod races;
+mod retention;
 mod rounds;
 
 pub use queue::*;
 pub use races::*;
+pub use retention::*;
 pub use rounds::*;
 
 /// What the ticket cases need from a store: users, rooms, and tickets.
@@ -62,6 +64,7 @@ macro_rules! ticket_conformance_tests {
             concurrent_rounds_put_every_ticket_in_at_most_one_match,
             a_ticket_cancelled_during_a_round_ends_cancelled_or_matched_never_both,
             a_ticket_replaced_during_a_round_ends_replaced_or_matched_never_both,
+            purge_history_forgets_only_old_final_tickets_and_closed_rooms,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
