@@ -45,8 +45,12 @@ impl RoomsService {
     }
 
     /// Announces a committed change and returns the room as the client sees it.
-    async fn committed(&self, change: &RoomChange) -> pb::Room {
-        self.hub.announce_events(&change.events).await;
+    ///
+    /// The announcement runs on its own task: a caller that hangs up right after the commit
+    /// cancels this handler, but must not cancel the wake-up its change owes every watcher.
+    fn committed(&self, change: &RoomChange) -> pb::Room {
+        let (hub, events) = (self.hub.clone(), change.events.clone());
+        tokio::spawn(async move { hub.announce_events(&events).await });
         convert::room(&change.room)
     }
 }
@@ -88,7 +92,7 @@ impl Rooms for RoomsService {
             .await
             .map_err(RoomsError::from)?;
         Ok(Response::new(pb::CreateRoomResponse {
-            room: Some(self.committed(&change).await),
+            room: Some(self.committed(&change)),
             left_room_id: left_room(&change),
         }))
     }
@@ -105,7 +109,7 @@ impl Rooms for RoomsService {
             .await
             .map_err(RoomsError::from)?;
         Ok(Response::new(pb::JoinRoomResponse {
-            room: Some(self.committed(&change).await),
+            room: Some(self.committed(&change)),
             left_room_id: left_room(&change),
         }))
     }
@@ -126,7 +130,7 @@ impl Rooms for RoomsService {
             )
             .await
             .map_err(RoomsError::from)?;
-        self.hub.announce_events(&change.events).await;
+        self.committed(&change);
         Ok(Response::new(pb::LeaveRoomResponse {
             room_closed: change.room.closed_at.is_some(),
         }))
@@ -202,7 +206,7 @@ impl Rooms for RoomsService {
             .await
             .map_err(RoomsError::from)?;
         Ok(Response::new(pb::KickMemberResponse {
-            room: Some(self.committed(&change).await),
+            room: Some(self.committed(&change)),
         }))
     }
 
@@ -235,7 +239,7 @@ impl Rooms for RoomsService {
             .await
             .map_err(RoomsError::from)?;
         Ok(Response::new(pb::UpdateRoomDataResponse {
-            room: Some(self.committed(&change).await),
+            room: Some(self.committed(&change)),
         }))
     }
 
