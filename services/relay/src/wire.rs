@@ -1,0 +1,401 @@
+//! The relay's datagram format: a sans-IO codec.
+//!
+//! Every datagram starts with a four-byte header: the magic `RY`, the version (1) and a kind.
+//! Integers are big-endian. Decoding accepts exactly the encoded forms and answers anything else
+//! with a [`WireError`], never a panic; sizes are bounded by the datagram itself.
+//!
+//! | kind | message | body |
+//! |---|---|---|
+//! | 1 | [`Message::BindingRequest`] | transaction id (12), zero padding to [`BINDING_REQUEST_BYTES`] |
+//! | 2 | [`Message::BindingResponse`] | transaction id (12), address |
+//! | 3 | [`Message::Allocate`] | side (1: 0 or 1), grant ([`GRANT_BYTES`]) |
+//! | 4 | [`Message::Allocated`] | allocation (16), expiry in ms (8) |
+//! | 5 | [`Message::Refused`] | allocation (16), reason (1) |
+//! | 6 | [`Message::Data`] | allocation (16), payload (the rest, opaque) |
+//!
+//! An address is a family byte (4 or 6), the port (2) and the IP (4 or 16 bytes). A binding
+//! request is padded so that it is never smaller than any binding response: the reflector cannot
+//! be used to amplify traffic towards a spoofed source.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::grant::GRANT_BYTES;
+
+/// The first two bytes of every relay datagram.
+pub const MAGIC: [u8; 2] = *b"RY";
+/// The protocol version this codec speaks.
+pub const VERSION: u8 = 1;
+/// Header bytes before every body.
+pub const HEADER_BYTES: usize = 4;
+/// The exact size of a binding request (larger than any binding response).
+pub const BINDING_REQUEST_BYTES: usize = 48;
+/// Bytes of Data framing before the payload.
+pub const DATA_OVERHEAD: usize = HEADER_BYTES + 16;
+
+/// Why an allocation or a datagram was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedReason {
+    /// The grant did not verify (unknown key, bad MAC, malformed).
+    BadGrant,
+    /// The grant or allocation expired.
+    Expired,
+    /// The side was already bound to another address.
+    SideTaken,
+    /// The relay holds as many allocations as it may.
+    Full,
+    /// The allocation's byte cap or rate was exceeded.
+    OverLimit,
+    /// No such allocation, or not from one of its two addresses.
+    UnknownAllocation,
+}
+
+impl RefusedReason {
+    fn code(self) -> u8 {
+        match self {
+            Self::BadGrant => 1,
+            Self::Expired => 2,
+            Self::SideTaken => 3,
+            Self::Full => 4,
+            Self::OverLimit => 5,
+            Self::UnknownAllocation => 6,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::BadGrant,
+            2 => Self::Expired,
+            3 => Self::SideTaken,
+            4 => Self::Full,
+            5 => Self::OverLimit,
+            6 => Self::UnknownAllocation,
+            _ => return None,
+        })
+    }
+}
+
+/// A relay datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// "What address do you see me at?"
+    BindingRequest {
+        /// Echoed in the response.
+        transaction: [u8; 12],
+    },
+    /// The address the reflector saw.
+    BindingResponse {
+        /// The request's transaction id.
+        transaction: [u8; 12],
+        /// The source address of the request.
+        address: SocketAddr,
+    },
+    /// A peer presents its grant from the socket it will use.
+    Allocate {
+        /// Which of the grant's users this is: 0 for `user_a`, 1 for `user_b`.
+        side: u8,
+        /// The signed grant, as the broker gave it.
+        grant: &'a [u8; GRANT_BYTES],
+    },
+    /// The relay bound this peer's address to the allocation.
+    Allocated {
+        /// The allocation.
+        allocation: [u8; 16],
+        /// When it ends (milliseconds since the Unix epoch).
+        expires_at_ms: u64,
+    },
+    /// An allocation request or a datagram was refused.
+    Refused {
+        /// The allocation concerned.
+        allocation: [u8; 16],
+        /// Why.
+        reason: RefusedReason,
+    },
+    /// A datagram for the other peer of an allocation, forwarded unchanged.
+    Data {
+        /// The allocation.
+        allocation: [u8; 16],
+        /// The peers' opaque, end-to-end encrypted bytes.
+        payload: &'a [u8],
+    },
+}
+
+/// Why a datagram did not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than its kind requires, or longer than it allows.
+    #[error("datagram has the wrong length for its kind")]
+    Length,
+    /// Not a relay datagram.
+    #[error("not a relay datagram")]
+    Magic,
+    /// A version this relay does not speak.
+    #[error("unsupported relay protocol version {0}")]
+    Version(u8),
+    /// An unknown message kind.
+    #[error("unknown relay message kind {0}")]
+    Kind(u8),
+    /// A field with a value outside its range.
+    #[error("invalid {0}")]
+    Field(&'static str),
+}
+
+fn take<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], WireError> {
+    bytes
+        .get(at..at + N)
+        .and_then(|slice| slice.try_into().ok())
+        .ok_or(WireError::Length)
+}
+
+/// Decodes one datagram.
+pub fn decode(datagram: &[u8]) -> Result<Message<'_>, WireError> {
+    let header: [u8; HEADER_BYTES] = take(datagram, 0)?;
+    if header[..2] != MAGIC {
+        return Err(WireError::Magic);
+    }
+    if header[2] != VERSION {
+        return Err(WireError::Version(header[2]));
+    }
+    let body = &datagram[HEADER_BYTES..];
+    let exact = |len: usize| {
+        if body.len() == len {
+            Ok(())
+        } else {
+            Err(WireError::Length)
+        }
+    };
+    match header[3] {
+        1 => {
+            exact(BINDING_REQUEST_BYTES - HEADER_BYTES)?;
+            if body[12..].iter().any(|b| *b != 0) {
+                return Err(WireError::Field("padding"));
+            }
+            Ok(Message::BindingRequest {
+                transaction: take(body, 0)?,
+            })
+        }
+        2 => {
+            let transaction = take(body, 0)?;
+            let (address, used) = decode_address(&body[12..])?;
+            exact(12 + used)?;
+            Ok(Message::BindingResponse {
+                transaction,
+                address,
+            })
+        }
+        3 => {
+            exact(1 + GRANT_BYTES)?;
+            let side = body[0];
+            if side > 1 {
+                return Err(WireError::Field("side"));
+            }
+            let grant = body[1..].try_into().map_err(|_| WireError::Length)?;
+            Ok(Message::Allocate { side, grant })
+        }
+        4 => {
+            exact(16 + 8)?;
+            Ok(Message::Allocated {
+                allocation: take(body, 0)?,
+                expires_at_ms: u64::from_be_bytes(take(body, 16)?),
+            })
+        }
+        5 => {
+            exact(16 + 1)?;
+            let reason = RefusedReason::from_code(body[16]).ok_or(WireError::Field("reason"))?;
+            Ok(Message::Refused {
+                allocation: take(body, 0)?,
+                reason,
+            })
+        }
+        6 => Ok(Message::Data {
+            allocation: take(body, 0)?,
+            payload: &body[16..],
+        }),
+        kind => Err(WireError::Kind(kind)),
+    }
+}
+
+fn decode_address(bytes: &[u8]) -> Result<(SocketAddr, usize), WireError> {
+    let family = *bytes.first().ok_or(WireError::Length)?;
+    let port = u16::from_be_bytes(take(bytes, 1)?);
+    let (ip, len): (IpAddr, usize) = match family {
+        4 => (Ipv4Addr::from(take::<4>(bytes, 3)?).into(), 4),
+        6 => (Ipv6Addr::from(take::<16>(bytes, 3)?).into(), 16),
+        _ => return Err(WireError::Field("address family")),
+    };
+    Ok((SocketAddr::new(ip, port), 3 + len))
+}
+
+/// Appends the encoding of `message` to `out`.
+pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
+    let kind = match message {
+        Message::BindingRequest { .. } => 1,
+        Message::BindingResponse { .. } => 2,
+        Message::Allocate { .. } => 3,
+        Message::Allocated { .. } => 4,
+        Message::Refused { .. } => 5,
+        Message::Data { .. } => 6,
+    };
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[VERSION, kind]);
+    match message {
+        Message::BindingRequest { transaction } => {
+            out.extend_from_slice(transaction);
+            out.resize(out.len() + BINDING_REQUEST_BYTES - HEADER_BYTES - 12, 0);
+        }
+        Message::BindingResponse {
+            transaction,
+            address,
+        } => {
+            out.extend_from_slice(transaction);
+            match address.ip() {
+                IpAddr::V4(ip) => {
+                    out.push(4);
+                    out.extend_from_slice(&address.port().to_be_bytes());
+                    out.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out.push(6);
+                    out.extend_from_slice(&address.port().to_be_bytes());
+                    out.extend_from_slice(&ip.octets());
+                }
+            }
+        }
+        Message::Allocate { side, grant } => {
+            out.push(*side);
+            out.extend_from_slice(&grant[..]);
+        }
+        Message::Allocated {
+            allocation,
+            expires_at_ms,
+        } => {
+            out.extend_from_slice(allocation);
+            out.extend_from_slice(&expires_at_ms.to_be_bytes());
+        }
+        Message::Refused { allocation, reason } => {
+            out.extend_from_slice(allocation);
+            out.push(reason.code());
+        }
+        Message::Data {
+            allocation,
+            payload,
+        } => {
+            out.extend_from_slice(allocation);
+            out.extend_from_slice(payload);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(message: &Message<'_>) {
+        let mut bytes = Vec::new();
+        encode(message, &mut bytes);
+        assert_eq!(decode(&bytes).as_ref(), Ok(message));
+    }
+
+    #[test]
+    fn no_binding_response_is_larger_than_a_binding_request() {
+        let mut request = Vec::new();
+        encode(
+            &Message::BindingRequest {
+                transaction: [7; 12],
+            },
+            &mut request,
+        );
+        assert_eq!(request.len(), BINDING_REQUEST_BYTES);
+        let mut response = Vec::new();
+        let widest: SocketAddr = "[ffff::1]:65535".parse().expect("addr");
+        encode(
+            &Message::BindingResponse {
+                transaction: [7; 12],
+                address: widest,
+            },
+            &mut response,
+        );
+        assert!(
+            response.len() <= request.len(),
+            "{} > {}",
+            response.len(),
+            request.len()
+        );
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let grant = [5u8; GRANT_BYTES];
+        round_trip(&Message::BindingRequest {
+            transaction: [1; 12],
+        });
+        round_trip(&Message::BindingResponse {
+            transaction: [2; 12],
+            address: "100.64.0.9:40000".parse().expect("addr"),
+        });
+        round_trip(&Message::BindingResponse {
+            transaction: [2; 12],
+            address: "[::1]:7371".parse().expect("addr"),
+        });
+        round_trip(&Message::Allocate {
+            side: 1,
+            grant: &grant,
+        });
+        round_trip(&Message::Allocated {
+            allocation: [3; 16],
+            expires_at_ms: 99,
+        });
+        round_trip(&Message::Refused {
+            allocation: [3; 16],
+            reason: RefusedReason::OverLimit,
+        });
+        round_trip(&Message::Data {
+            allocation: [4; 16],
+            payload: b"opaque",
+        });
+        round_trip(&Message::Data {
+            allocation: [4; 16],
+            payload: b"",
+        });
+    }
+
+    #[test]
+    fn malformed_datagrams_are_errors() {
+        assert_eq!(decode(b""), Err(WireError::Length));
+        assert_eq!(decode(b"XY\x01\x01"), Err(WireError::Magic));
+        assert_eq!(decode(b"RY\x02\x01"), Err(WireError::Version(2)));
+        assert_eq!(decode(b"RY\x01\x09"), Err(WireError::Kind(9)));
+        // A binding request that is too short would let the response amplify.
+        assert_eq!(decode(b"RY\x01\x01abcdefghijkl"), Err(WireError::Length));
+        let mut bad_side = b"RY\x01\x03\x02".to_vec();
+        bad_side.extend_from_slice(&[0; GRANT_BYTES]);
+        assert_eq!(decode(&bad_side), Err(WireError::Field("side")));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_decode_to_a_value_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_valid_header_never_panic(kind in 0u8..8, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut bytes = vec![b'R', b'Y', VERSION, kind];
+            bytes.extend_from_slice(&body);
+            if let Ok(message) = decode(&bytes) {
+                let mut again = Vec::new();
+                encode(&message, &mut again);
+                prop_assert_eq!(again, bytes, "decode accepts only the encoded form");
+            }
+        }
+
+        #[test]
+        fn data_round_trips(allocation in any::<[u8; 16]>(), payload in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let message = Message::Data { allocation, payload: &payload };
+            let mut bytes = Vec::new();
+            encode(&message, &mut bytes);
+            prop_assert_eq!(bytes.len(), DATA_OVERHEAD + payload.len());
+            prop_assert_eq!(decode(&bytes), Ok(message));
+        }
+    }
+}
