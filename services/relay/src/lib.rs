@@ -6,8 +6,11 @@
 //! never decrypts or parses what it forwards: QUIC inside is end-to-end encrypted between the
 //! peers.
 //!
-//! Built so far: the wire codec ([`wire`]) and grants ([`grant`]), both sans-IO. The UDP server
-//! (allocations, limits, expiry) is not built yet.
+//! Built so far, all sans-IO: the wire codec ([`wire`]), grants ([`grant`]) and the allocation
+//! state machine ([`allocations`]), and the UDP loop around them ([`server`]). Not built yet:
+//! running it from `rallyd` and the broker minting grants.
 
+pub mod allocations;
 pub mod grant;
+pub mod server;
 pub mod wire;

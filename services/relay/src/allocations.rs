@@ -1,0 +1,489 @@
+//! The relay's state machine, sans-IO: what to answer or forward for each datagram, given the
+//! time. The UDP loop in [`crate::server`] only moves bytes.
+//!
+//! Admission: a peer presents its grant ([`Message::Allocate`]) from the socket it will use;
+//! the first presentation of each side binds that side to its source address. `Data` is
+//! forwarded, byte for byte, only from one bound side to the other, within the grant's byte cap
+//! and rate (a token bucket). Nothing unverified ever creates state, so a flood of junk costs
+//! counters, not memory; the number of allocations is capped, and allocations end at their
+//! grant's expiry or after an idle period.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::grant::{Grant, GrantKey};
+use crate::wire::{self, Message, RefusedReason};
+
+/// Limits of a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Most allocations held at once.
+    pub max_allocations: usize,
+    /// An allocation with no traffic for this long ends (milliseconds).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_allocations: 10_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// What the relay did, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Binding requests answered.
+    pub bindings: u64,
+    /// Allocations created.
+    pub allocations: u64,
+    /// Datagrams forwarded.
+    pub forwarded: u64,
+    /// Payload bytes forwarded.
+    pub forwarded_bytes: u64,
+    /// Datagrams that did not decode.
+    pub dropped_malformed: u64,
+    /// Grants refused (bad MAC, unknown key, expired) or sides already taken.
+    pub refused_grants: u64,
+    /// Data for an unknown allocation, from a third address, or before the other side bound.
+    pub dropped_unauthorised: u64,
+    /// Data over the byte cap or the rate.
+    pub dropped_over_limit: u64,
+}
+
+struct Allocation {
+    grant: Grant,
+    sides: [Option<SocketAddr>; 2],
+    bytes: u64,
+    tokens: f64,
+    refilled_at_ms: u64,
+    active_at_ms: u64,
+}
+
+/// The relay's state; see the module docs.
+pub struct Relay {
+    keys: Vec<GrantKey>,
+    limits: RelayLimits,
+    allocations: HashMap<[u8; 16], Allocation>,
+    counters: Counters,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where to.
+    pub to: SocketAddr,
+    /// The bytes.
+    pub datagram: Vec<u8>,
+}
+
+impl Relay {
+    /// A relay accepting grants signed with any of `keys`.
+    pub fn new(keys: Vec<GrantKey>, limits: RelayLimits) -> Self {
+        Self {
+            keys,
+            limits,
+            allocations: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// What has happened so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// How many allocations are held.
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Handles one datagram from `from` at `now_ms`; returns what to send, if anything.
+    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8], now_ms: u64) -> Option<Outgoing> {
+        let message = match wire::decode(datagram) {
+            Ok(message) => message,
+            Err(_) => {
+                self.counters.dropped_malformed += 1;
+                return None;
+            }
+        };
+        match message {
+            Message::BindingRequest { transaction } => {
+                self.counters.bindings += 1;
+                Some(reply(
+                    from,
+                    &Message::BindingResponse {
+                        transaction,
+                        address: from,
+                    },
+                ))
+            }
+            Message::Allocate { side, grant } => self.allocate(from, side, grant, now_ms),
+            Message::Data {
+                allocation,
+                payload,
+            } => self.forward(from, allocation, payload.len(), datagram, now_ms),
+            // Answers are the relay's to send, never to receive.
+            Message::BindingResponse { .. }
+            | Message::Allocated { .. }
+            | Message::Refused { .. } => {
+                self.counters.dropped_malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn allocate(
+        &mut self,
+        from: SocketAddr,
+        side: u8,
+        grant: &[u8; crate::grant::GRANT_BYTES],
+        now_ms: u64,
+    ) -> Option<Outgoing> {
+        let grant = match Grant::verify(grant, &self.keys, now_ms) {
+            Ok(grant) => grant,
+            Err(_) => {
+                // The allocation id of an unverified grant means nothing: answer nothing that
+                // could help a forger, and keep no state.
+                self.counters.refused_grants += 1;
+                return None;
+            }
+        };
+        let id = grant.allocation;
+        let refuse = |reason| {
+            Some(reply(
+                from,
+                &Message::Refused {
+                    allocation: id,
+                    reason,
+                },
+            ))
+        };
+        if !self.allocations.contains_key(&id) {
+            if self.allocations.len() >= self.limits.max_allocations {
+                return refuse(RefusedReason::Full);
+            }
+            self.counters.allocations += 1;
+            self.allocations.insert(
+                id,
+                Allocation {
+                    grant,
+                    sides: [None, None],
+                    bytes: 0,
+                    tokens: f64::from(grant.rate_bytes_per_sec),
+                    refilled_at_ms: now_ms,
+                    active_at_ms: now_ms,
+                },
+            );
+        }
+        let allocation = self.allocations.get_mut(&id)?;
+        let slot = &mut allocation.sides[usize::from(side.min(1))];
+        match slot {
+            Some(bound) if *bound != from => {
+                self.counters.refused_grants += 1;
+                refuse(RefusedReason::SideTaken)
+            }
+            _ => {
+                *slot = Some(from);
+                allocation.active_at_ms = now_ms;
+                Some(reply(
+                    from,
+                    &Message::Allocated {
+                        allocation: id,
+                        expires_at_ms: allocation.grant.expires_at_ms,
+                    },
+                ))
+            }
+        }
+    }
+
+    fn forward(
+        &mut self,
+        from: SocketAddr,
+        id: [u8; 16],
+        payload_len: usize,
+        datagram: &[u8],
+        now_ms: u64,
+    ) -> Option<Outgoing> {
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            self.counters.dropped_unauthorised += 1;
+            return None;
+        };
+        let to = match allocation.sides {
+            [Some(a), Some(b)] if a == from => b,
+            [Some(a), Some(b)] if b == from => a,
+            _ => {
+                self.counters.dropped_unauthorised += 1;
+                return None;
+            }
+        };
+        if now_ms >= allocation.grant.expires_at_ms {
+            self.counters.dropped_unauthorised += 1;
+            self.allocations.remove(&id);
+            return None;
+        }
+        let rate = f64::from(allocation.grant.rate_bytes_per_sec);
+        let elapsed = now_ms.saturating_sub(allocation.refilled_at_ms) as f64 / 1000.0;
+        allocation.tokens = (allocation.tokens + elapsed * rate).min(rate);
+        allocation.refilled_at_ms = now_ms;
+        let size = payload_len as u64;
+        if allocation.bytes.saturating_add(size) > allocation.grant.byte_cap
+            || allocation.tokens < size as f64
+        {
+            self.counters.dropped_over_limit += 1;
+            return None;
+        }
+        allocation.tokens -= size as f64;
+        allocation.bytes += size;
+        allocation.active_at_ms = now_ms;
+        self.counters.forwarded += 1;
+        self.counters.forwarded_bytes += size;
+        Some(Outgoing {
+            to,
+            datagram: datagram.to_vec(),
+        })
+    }
+
+    /// Ends allocations past their grant's expiry or idle too long.
+    pub fn expire(&mut self, now_ms: u64) {
+        let idle = self.limits.idle_timeout_ms;
+        self.allocations.retain(|_, a| {
+            now_ms < a.grant.expires_at_ms && now_ms.saturating_sub(a.active_at_ms) < idle
+        });
+    }
+}
+
+fn reply(to: SocketAddr, message: &Message<'_>) -> Outgoing {
+    let mut datagram = Vec::with_capacity(64);
+    wire::encode(message, &mut datagram);
+    Outgoing { to, datagram }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn key() -> GrantKey {
+        GrantKey::new(1, *b"relay test secret, 32 bytes long")
+    }
+
+    fn grant(allocation: u8) -> [u8; crate::grant::GRANT_BYTES] {
+        Grant {
+            key_id: 1,
+            allocation: [allocation; 16],
+            user_a: [1; 16],
+            user_b: [2; 16],
+            expires_at_ms: NOW + 60_000,
+            byte_cap: 10_000,
+            rate_bytes_per_sec: 5_000,
+        }
+        .sign(&key())
+    }
+
+    fn encode(message: &Message<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::encode(message, &mut out);
+        out
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn bound_pair() -> Relay {
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        let g = grant(7);
+        for (side, port) in [(0, 1000), (1, 2000)] {
+            let answer = relay
+                .handle(
+                    addr(port),
+                    &encode(&Message::Allocate { side, grant: &g }),
+                    NOW,
+                )
+                .expect("answer");
+            assert!(matches!(
+                wire::decode(&answer.datagram),
+                Ok(Message::Allocated { .. })
+            ));
+        }
+        relay
+    }
+
+    fn data(payload: &[u8]) -> Vec<u8> {
+        encode(&Message::Data {
+            allocation: [7; 16],
+            payload,
+        })
+    }
+
+    #[test]
+    fn data_is_forwarded_unchanged_between_the_two_bound_sides_only() {
+        let mut relay = bound_pair();
+        let datagram = data(b"encrypted quic");
+        let out = relay.handle(addr(1000), &datagram, NOW).expect("forwarded");
+        assert_eq!(
+            out,
+            Outgoing {
+                to: addr(2000),
+                datagram: datagram.clone()
+            }
+        );
+        let back = relay
+            .handle(addr(2000), &datagram, NOW)
+            .expect("forwarded back");
+        assert_eq!(back.to, addr(1000));
+        assert_eq!(
+            relay.handle(addr(3000), &datagram, NOW),
+            None,
+            "a third address"
+        );
+        assert_eq!(relay.counters().dropped_unauthorised, 1);
+    }
+
+    #[test]
+    fn a_grant_replayed_from_another_address_cannot_take_a_bound_side() {
+        let mut relay = bound_pair();
+        let g = grant(7);
+        let answer = relay
+            .handle(
+                addr(4000),
+                &encode(&Message::Allocate { side: 0, grant: &g }),
+                NOW,
+            )
+            .expect("answer");
+        assert!(matches!(
+            wire::decode(&answer.datagram),
+            Ok(Message::Refused {
+                reason: RefusedReason::SideTaken,
+                ..
+            })
+        ));
+        assert_eq!(relay.handle(addr(4000), &data(b"x"), NOW), None);
+    }
+
+    #[test]
+    fn forged_and_expired_grants_create_nothing() {
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        let mut forged = grant(8);
+        forged[10] ^= 1;
+        let none = relay.handle(
+            addr(1),
+            &encode(&Message::Allocate {
+                side: 0,
+                grant: &forged,
+            }),
+            NOW,
+        );
+        assert_eq!(none, None);
+        let late = relay.handle(
+            addr(1),
+            &encode(&Message::Allocate {
+                side: 0,
+                grant: &grant(8),
+            }),
+            NOW + 60_000,
+        );
+        assert_eq!(late, None);
+        assert_eq!(relay.allocation_count(), 0);
+        assert_eq!(relay.counters().refused_grants, 2);
+    }
+
+    #[test]
+    fn byte_cap_and_rate_are_enforced() {
+        let mut relay = bound_pair();
+        let big = data(&[0; 4000]);
+        assert!(relay.handle(addr(1000), &big, NOW).is_some());
+        assert_eq!(
+            relay.handle(addr(1000), &big, NOW),
+            None,
+            "5000 B/s: 4000 + 4000 in one instant"
+        );
+        assert!(
+            relay.handle(addr(1000), &big, NOW + 1000).is_some(),
+            "refilled after a second"
+        );
+        assert_eq!(
+            relay.handle(addr(1000), &big, NOW + 5000),
+            None,
+            "10 000 B cap reached"
+        );
+        assert_eq!(relay.counters().dropped_over_limit, 2);
+    }
+
+    #[test]
+    fn allocations_end_at_expiry_and_when_idle() {
+        let mut relay = bound_pair();
+        relay.expire(NOW + 59_999);
+        assert_eq!(relay.allocation_count(), 1);
+        relay.expire(NOW + 60_000);
+        assert_eq!(relay.allocation_count(), 0);
+
+        let mut relay = Relay::new(
+            vec![key()],
+            RelayLimits {
+                max_allocations: 10,
+                idle_timeout_ms: 1000,
+            },
+        );
+        relay.handle(
+            addr(1),
+            &encode(&Message::Allocate {
+                side: 0,
+                grant: &grant(9),
+            }),
+            NOW,
+        );
+        relay.expire(NOW + 999);
+        assert_eq!(relay.allocation_count(), 1);
+        relay.expire(NOW + 1000);
+        assert_eq!(relay.allocation_count(), 0);
+    }
+
+    #[test]
+    fn the_number_of_allocations_is_capped() {
+        let mut relay = Relay::new(
+            vec![key()],
+            RelayLimits {
+                max_allocations: 2,
+                idle_timeout_ms: 60_000,
+            },
+        );
+        for id in 0..3 {
+            relay.handle(
+                addr(1),
+                &encode(&Message::Allocate {
+                    side: 0,
+                    grant: &grant(id),
+                }),
+                NOW,
+            );
+        }
+        assert_eq!(relay.allocation_count(), 2);
+    }
+
+    #[test]
+    fn binding_requests_are_answered_with_the_source_address() {
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        let out = relay
+            .handle(
+                addr(5555),
+                &encode(&Message::BindingRequest {
+                    transaction: [3; 12],
+                }),
+                NOW,
+            )
+            .expect("answer");
+        assert_eq!(out.to, addr(5555));
+        assert_eq!(
+            wire::decode(&out.datagram),
+            Ok(Message::BindingResponse {
+                transaction: [3; 12],
+                address: addr(5555)
+            })
+        );
+    }
+}

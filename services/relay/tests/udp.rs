@@ -1,0 +1,220 @@
+//! The relay on real UDP sockets on loopback.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rally_relay::allocations::{Relay, RelayLimits};
+use rally_relay::grant::{GRANT_BYTES, Grant, GrantKey};
+use rally_relay::server::RelayServer;
+use rally_relay::wire::{self, Message};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn key() -> GrantKey {
+    GrantKey::new(3, *b"a relay secret for these tests!!")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn grant(allocation: u8, expires_at_ms: u64) -> [u8; GRANT_BYTES] {
+    Grant {
+        key_id: 0,
+        allocation: [allocation; 16],
+        user_a: [1; 16],
+        user_b: [2; 16],
+        expires_at_ms,
+        byte_cap: 1 << 30,
+        rate_bytes_per_sec: 1 << 30,
+    }
+    .sign(&key())
+}
+
+fn encode(message: &Message<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode(message, &mut out);
+    out
+}
+
+async fn relay() -> (RelayServer, CancellationToken) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind relay");
+    let shutdown = CancellationToken::new();
+    let server = RelayServer::spawn(
+        socket,
+        Relay::new(vec![key()], RelayLimits::default()),
+        shutdown.clone(),
+    )
+    .expect("spawn");
+    (server, shutdown)
+}
+
+async fn peer() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.expect("bind peer")
+}
+
+async fn receive(socket: &UdpSocket) -> Vec<u8> {
+    let mut buf = vec![0u8; 65_535];
+    let (len, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .expect("a datagram within 10 s")
+        .expect("receive");
+    buf.truncate(len);
+    buf
+}
+
+/// A binding request round trip: once it is answered, everything this socket sent before it
+/// has been handled.
+async fn sync(socket: &UdpSocket, relay: SocketAddr) -> SocketAddr {
+    let request = encode(&Message::BindingRequest {
+        transaction: [9; 12],
+    });
+    socket.send_to(&request, relay).await.expect("send");
+    match wire::decode(&receive(socket).await) {
+        Ok(Message::BindingResponse {
+            transaction: [9, ..],
+            address,
+        }) => address,
+        other => panic!("expected a binding response, got {other:?}"),
+    }
+}
+
+async fn allocate(
+    socket: &UdpSocket,
+    relay: SocketAddr,
+    side: u8,
+    grant: &[u8; GRANT_BYTES],
+) -> Vec<u8> {
+    socket
+        .send_to(&encode(&Message::Allocate { side, grant }), relay)
+        .await
+        .expect("send");
+    receive(socket).await
+}
+
+#[tokio::test]
+async fn the_reflector_answers_with_the_address_it_saw() {
+    let (server, shutdown) = relay().await;
+    let client = peer().await;
+    assert_eq!(
+        sync(&client, server.local_addr()).await,
+        client.local_addr().expect("addr")
+    );
+    shutdown.cancel();
+    server.wait().await;
+}
+
+#[tokio::test]
+async fn two_peers_exchange_datagrams_through_an_allocation_and_nobody_else_can() {
+    let (server, shutdown) = relay().await;
+    let relay_addr = server.local_addr();
+    let (a, b, intruder) = (peer().await, peer().await, peer().await);
+    let g = grant(5, now_ms() + 60_000);
+    for (socket, side) in [(&a, 0), (&b, 1)] {
+        let answer = allocate(socket, relay_addr, side, &g).await;
+        assert!(matches!(
+            wire::decode(&answer),
+            Ok(Message::Allocated {
+                allocation: [5, ..],
+                ..
+            })
+        ));
+    }
+    let data = encode(&Message::Data {
+        allocation: [5; 16],
+        payload: b"quic bytes the relay cannot read",
+    });
+    a.send_to(&data, relay_addr).await.expect("send");
+    assert_eq!(receive(&b).await, data, "forwarded unchanged");
+    b.send_to(&data, relay_addr).await.expect("send");
+    assert_eq!(receive(&a).await, data);
+
+    // The same grant from a third address cannot take a side, and its data goes nowhere.
+    let refused = allocate(&intruder, relay_addr, 0, &g).await;
+    assert!(matches!(
+        wire::decode(&refused),
+        Ok(Message::Refused { .. })
+    ));
+    intruder.send_to(&data, relay_addr).await.expect("send");
+    sync(&intruder, relay_addr).await;
+    assert_eq!(server.counters().dropped_unauthorised, 1);
+    assert_eq!(server.counters().forwarded, 2);
+    shutdown.cancel();
+    server.wait().await;
+}
+
+#[tokio::test]
+async fn forged_and_expired_grants_are_dropped_without_an_answer() {
+    let (server, shutdown) = relay().await;
+    let relay_addr = server.local_addr();
+    let client = peer().await;
+    let mut forged = grant(6, now_ms() + 60_000);
+    forged[30] ^= 0x40;
+    let expired = grant(6, now_ms() - 1);
+    for g in [&forged, &expired] {
+        client
+            .send_to(
+                &encode(&Message::Allocate { side: 0, grant: g }),
+                relay_addr,
+            )
+            .await
+            .expect("send");
+    }
+    // The next answer is the sync's: the grants got none.
+    sync(&client, relay_addr).await;
+    assert_eq!(server.counters().refused_grants, 2);
+    assert_eq!(server.allocation_count(), 0);
+    shutdown.cancel();
+    server.wait().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_junk_datagrams_leave_state_bounded_and_traffic_flowing() {
+    let (server, shutdown) = relay().await;
+    let relay_addr = server.local_addr();
+    let (a, b, junk) = (peer().await, peer().await, peer().await);
+    let g = grant(7, now_ms() + 60_000);
+    allocate(&a, relay_addr, 0, &g).await;
+    allocate(&b, relay_addr, 1, &g).await;
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..10_000u32 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = 1 + (seed % 1200) as usize;
+        let mut bytes: Vec<u8> = (0..len)
+            .map(|j| (seed >> (j % 8 * 8)) as u8 ^ j as u8)
+            .collect();
+        if i % 3 == 0 && bytes.len() > 4 {
+            // Some junk looks like ours: the right header, garbage after it.
+            bytes[..4].copy_from_slice(&[b'R', b'Y', 1, (i % 7) as u8]);
+        }
+        junk.send_to(&bytes, relay_addr).await.expect("send junk");
+        if i % 50 == 49 {
+            // Pace the flood so that the relay's socket buffer is not what drops it.
+            sync(&junk, relay_addr).await;
+        }
+    }
+    sync(&junk, relay_addr).await;
+    let counters = server.counters();
+    assert_eq!(server.allocation_count(), 1, "junk created no allocation");
+    assert_eq!(counters.forwarded, 0);
+    // Paced so that no socket buffer overflows: every junk datagram reached the relay and was
+    // dropped and counted.
+    let dropped =
+        counters.dropped_malformed + counters.dropped_unauthorised + counters.refused_grants;
+    assert_eq!(dropped, 10_000, "{counters:?}");
+    let data = encode(&Message::Data {
+        allocation: [7; 16],
+        payload: b"still here",
+    });
+    a.send_to(&data, relay_addr).await.expect("send");
+    assert_eq!(receive(&b).await, data, "real traffic unaffected");
+    shutdown.cancel();
+    server.wait().await;
+}
