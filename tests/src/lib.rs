@@ -75,6 +75,11 @@ impl TestServer {
         self.addr
     }
 
+    /// The UDP address of its relay and reflector, when the relay runs.
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::relay_addr)
+    }
+
     /// The server's data directory.
     pub fn data_dir(&self) -> &Path {
         self.data.path()
@@ -129,7 +134,15 @@ impl Drop for TestServer {
 
 async fn boot(data: &Path, database_url: Option<&str>, args: &[&str]) -> Running {
     let data_dir = data.display().to_string();
-    let mut all = vec!["rallyd", "--listen", "127.0.0.1:0", "--data-dir", &data_dir];
+    let mut all = vec![
+        "rallyd",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir,
+    ];
     if let Some(url) = database_url {
         all.extend(["--database-url", url]);
     }

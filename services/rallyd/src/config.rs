@@ -18,6 +18,8 @@ pub enum ServiceKind {
     Rooms,
     /// The connection broker (`rally.broker.v1.Broker`).
     Broker,
+    /// The UDP reflector and relay (not gRPC).
+    Relay,
 }
 
 impl ServiceKind {
@@ -27,6 +29,7 @@ impl ServiceKind {
             ServiceKind::Identity => &["rally.identity.v1.Identity"],
             ServiceKind::Rooms => &["rally.rooms.v1.Rooms", "rally.rooms.v1.Matchmaking"],
             ServiceKind::Broker => &["rally.broker.v1.Broker"],
+            ServiceKind::Relay => &[],
         }
     }
 }
@@ -53,7 +56,7 @@ pub struct Config {
     #[arg(long, env = "RALLY_LISTEN", default_value = "127.0.0.1:7370")]
     pub listen: SocketAddr,
 
-    /// UDP address of the relay and reflector (used once the relay service is built).
+    /// UDP address of the relay and reflector.
     #[arg(long, env = "RALLY_RELAY_LISTEN", default_value = "127.0.0.1:7371")]
     pub relay_listen: SocketAddr,
 
@@ -76,7 +79,7 @@ pub struct Config {
         env = "RALLY_SERVICES",
         value_enum,
         value_delimiter = ',',
-        default_value = "identity,rooms,broker"
+        default_value = "identity,rooms,broker,relay"
     )]
     pub services: Vec<ServiceKind>,
 
@@ -84,6 +87,15 @@ pub struct Config {
     /// generated when the identity service runs and the file does not exist.
     #[arg(long, env = "RALLY_TOKEN_KEY_FILE")]
     pub token_key_file: Option<PathBuf>,
+
+    /// File holding the secret that signs relay grants (shared by the broker and the relay).
+    /// Default: `<data-dir>/relay-grant-secret`, generated when missing.
+    #[arg(long, env = "RALLY_RELAY_SECRET_FILE")]
+    pub relay_secret_file: Option<PathBuf>,
+
+    /// Most relay allocations held at once.
+    #[arg(long, env = "RALLY_RELAY_MAX_ALLOCATIONS", default_value_t = 10_000)]
+    pub relay_max_allocations: usize,
 
     /// More PEM files (private or public Ed25519 keys) whose tokens are still accepted, for key
     /// rotation; comma-separated.
@@ -189,6 +201,13 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("token-signing-key.pem"))
     }
 
+    /// The relay grant secret file.
+    pub fn relay_secret_path(&self) -> PathBuf {
+        self.relay_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("relay-grant-secret"))
+    }
+
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
@@ -231,6 +250,8 @@ impl std::fmt::Debug for Config {
             .field("services", &self.services)
             .field("token_key_file", &self.token_key_path())
             .field("token_verify_keys", &self.token_verify_keys)
+            .field("relay_secret_file", &self.relay_secret_path())
+            .field("relay_max_allocations", &self.relay_max_allocations)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
             .field(
@@ -272,7 +293,8 @@ mod tests {
             vec![
                 ServiceKind::Identity,
                 ServiceKind::Rooms,
-                ServiceKind::Broker
+                ServiceKind::Broker,
+                ServiceKind::Relay
             ]
         );
         assert_eq!(

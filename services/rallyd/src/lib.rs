@@ -12,6 +12,7 @@
 mod config;
 mod database;
 mod error;
+mod relay_secret;
 mod server;
 pub mod telemetry;
 

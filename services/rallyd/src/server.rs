@@ -22,6 +22,7 @@ const MAX_CALLS_PER_CONNECTION: usize = 256;
 /// A running `rallyd`.
 pub struct Running {
     grpc_addr: SocketAddr,
+    relay_addr: Option<SocketAddr>,
     database: Database,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), RallydError>>,
@@ -31,6 +32,11 @@ impl Running {
     /// The address the gRPC server listens on (the real port when configured with port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The UDP address of the relay and reflector, when the relay runs here.
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay_addr
     }
 
     /// The database it runs on.
@@ -156,6 +162,11 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         .runs(ServiceKind::Broker)
         .then(|| rally_broker::BrokerService::default().into_server());
 
+    let relay_addr = match config.runs(ServiceKind::Relay) {
+        true => Some(start_relay(&config, shutdown.clone()).await?),
+        false => None,
+    };
+
     let served: Vec<&'static str> = config
         .services
         .iter()
@@ -252,10 +263,40 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
     tracing::info!("gRPC listening on {grpc_addr}");
     Ok(Running {
         grpc_addr,
+        relay_addr,
         database,
         shutdown,
         task,
     })
+}
+
+/// Binds and starts the relay; returns its address.
+async fn start_relay(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, RallydError> {
+    let key = crate::relay_secret::load_or_generate(&config.relay_secret_path())?;
+    let socket = tokio::net::UdpSocket::bind(config.relay_listen)
+        .await
+        .map_err(|source| RallydError::Io {
+            what: format!("binding relay address {}", config.relay_listen),
+            source,
+        })?;
+    let limits = rally_relay::allocations::RelayLimits {
+        max_allocations: config.relay_max_allocations,
+        ..Default::default()
+    };
+    let relay = rally_relay::allocations::Relay::new(vec![key], limits);
+    let server =
+        rally_relay::server::RelayServer::spawn(socket, relay, shutdown).map_err(|source| {
+            RallydError::Io {
+                what: "starting the relay".into(),
+                source,
+            }
+        })?;
+    let addr = server.local_addr();
+    tracing::info!("relay listening on udp {addr}");
+    Ok(addr)
 }
 
 /// The matchmaking pools from `--matchmaking-pools`, or the default pool.

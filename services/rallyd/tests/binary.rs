@@ -19,11 +19,13 @@ struct Rallyd {
 }
 
 impl Rallyd {
-    /// Starts the binary in `dir` with no flags; only the port is made free (`RALLY_LISTEN`).
+    /// Starts the binary in `dir` with no flags; only the ports are made free (`RALLY_LISTEN`,
+    /// `RALLY_RELAY_LISTEN`).
     fn start(dir: &std::path::Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rallyd"))
             .current_dir(dir)
             .env("RALLY_LISTEN", "127.0.0.1:0")
+            .env("RALLY_RELAY_LISTEN", "127.0.0.1:0")
             .env_remove("RALLY_DATABASE_URL")
             .env_remove("RALLY_DATA_DIR")
             .env_remove("RALLY_SERVICES")

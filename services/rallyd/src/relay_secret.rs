@@ -1,0 +1,90 @@
+//! The secret that signs relay grants: read from a file, or generated into it on first start.
+
+use std::path::Path;
+
+use rally_relay::grant::GrantKey;
+use sha2::{Digest, Sha256};
+
+use crate::RallydError;
+
+/// Bytes of a generated secret.
+const SECRET_BYTES: usize = 32;
+
+/// The grant key in `path` (hex text), generating a random one there when the file is missing.
+/// Its id is the first four bytes of the secret's SHA-256, so replicas sharing the file agree.
+pub(crate) fn load_or_generate(path: &Path) -> Result<GrantKey, RallydError> {
+    let io = |what: &str, source| RallydError::Io {
+        what: format!("{what} relay secret {}", path.display()),
+        source,
+    };
+    let secret = match std::fs::read_to_string(path) {
+        Ok(text) => hex::decode(text.trim())
+            .map_err(|e| RallydError::Config(format!("{} is not hex: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = vec![0u8; SECRET_BYTES];
+            getrandom::fill(&mut secret).map_err(|e| {
+                RallydError::Config(format!("no randomness for the relay secret: {e}"))
+            })?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io("creating the folder of the", e))?;
+            }
+            write_private(path, hex::encode(&secret).as_bytes())
+                .map_err(|e| io("writing the", e))?;
+            tracing::info!(path = %path.display(), "generated a relay grant secret");
+            secret
+        }
+        Err(e) => return Err(io("reading the", e)),
+    };
+    if secret.len() < 16 {
+        return Err(RallydError::Config(format!(
+            "{} holds {} bytes; a relay secret needs at least 16",
+            path.display(),
+            secret.len()
+        )));
+    }
+    let digest = Sha256::digest(&secret);
+    let id = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    Ok(GrantKey::new(id, secret))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_secret_is_reused_with_the_same_key_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay-grant-secret");
+        let first = load_or_generate(&path).expect("generate");
+        let second = load_or_generate(&path).expect("load");
+        assert_eq!(first.id, second.id);
+    }
+
+    #[test]
+    fn a_short_or_garbled_secret_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "zz").expect("write");
+        assert!(load_or_generate(&path).is_err());
+        std::fs::write(&path, "0011").expect("write");
+        assert!(load_or_generate(&path).is_err());
+    }
+}
