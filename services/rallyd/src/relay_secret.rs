@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use rally_auth::write_private;
 use rally_relay::grant::GrantKey;
 use sha2::{Digest, Sha256};
 
@@ -45,24 +46,6 @@ pub(crate) fn load_or_generate(path: &Path) -> Result<GrantKey, RallydError> {
     let digest = Sha256::digest(&secret);
     let id = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
     Ok(GrantKey::new(id, secret))
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
 }
 
 #[cfg(test)]
