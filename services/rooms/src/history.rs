@@ -2,7 +2,7 @@
 //! database stays bounded (see [`rally_store::TicketStore::purge_history`]).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rally_store::TicketStore;
 use rally_store::matchmaking::Purged;
@@ -23,11 +23,7 @@ pub fn spawn_history_janitor(
                 () = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or_default();
-            match purge_once(store.as_ref(), retention, now).await {
+            match purge_once(store.as_ref(), retention, crate::clock::now()).await {
                 Ok(purged) if purged != Purged::default() => {
                     tracing::info!(
                         tickets = purged.tickets,

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rally_auth::Caller;
 use rally_proto::rooms::v1 as pb;
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::clock::now;
 use crate::pools::Pools;
 use crate::{Hub, RoomsError, convert, planner, rules};
 
@@ -34,13 +35,6 @@ const ROUND_LIMIT: u32 = 512;
 
 type TicketStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<pb::WatchTicketResponse, Status>> + Send>>;
-
-fn now() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
 
 /// Forms matches; see the module docs.
 pub struct Matchmaker {

@@ -1,19 +1,19 @@
 //! The `rally.rooms.v1.Rooms` handlers: validate → one store transaction → announce → answer.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rally_auth::Caller;
 use rally_proto::rooms::v1 as pb;
 use rally_proto::rooms::v1::rooms_server::{Rooms, RoomsServer};
+use rally_store::RoomStore;
 use rally_store::rooms::{
     DataUpdate, MAX_DATA_KEYS, NewRoom, RoomChange, RoomCursor, RoomError, RoomQuery,
 };
-use rally_store::{RoomStore, UnixMillis};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::clock::now;
 use crate::watch::{WatchStream, watch_room};
 use crate::{RoomHub, RoomsError, convert, rules};
 
@@ -53,13 +53,6 @@ impl RoomsService {
         tokio::spawn(async move { hub.announce_events(&events).await });
         convert::room(&change.room)
     }
-}
-
-fn now() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 fn left_room(change: &RoomChange) -> String {
