@@ -13,10 +13,13 @@
 //! a bounded number of times, when a concurrent change of the same user gets in their way. A match
 //! round locks the pool's queued tickets no other round holds (`FOR UPDATE SKIP LOCKED`), so
 //! rounds on several replicas take disjoint tickets; it creates its rooms with the room changes'
-//! own code, under their lock order and retry policy (a lost race reruns the whole round).
+//! own code, under their lock order and retry policy (a lost race reruns the whole round). Broker
+//! changes lock the users they decide on (a connection request both of its users, in id order),
+//! so crossing requests end in one agreed pair and the pair limits hold under concurrency.
 //!
 //! With the `testing` feature, [`testing::TempDatabase`] gives each test a throwaway database.
 
+mod broker;
 pub mod bus;
 mod error_mapping;
 mod identity;

@@ -30,3 +30,4 @@ async fn fresh_room_store() -> Option<(PostgresStore, TempDatabase)> {
 rally_store::identity_conformance_tests!(fresh_store());
 rally_store::room_conformance_tests!(fresh_room_store());
 rally_store::ticket_conformance_tests!(fresh_room_store());
+rally_store::broker_conformance_tests!(fresh_store());

@@ -7,11 +7,12 @@
 //!
 //! SQLite allows one writer at a time: every method that may write takes the write lock up front
 //! (`BEGIN IMMEDIATE`), so read-then-write decisions (device binding, token rotation, room
-//! capacity and membership, one queued ticket per user, which tickets a match round takes)
-//! cannot race, and waits for the lock up to a busy timeout before failing as
-//! [`StoreError::Unavailable`](rally_store::StoreError::Unavailable). A match round creates its
-//! rooms with the room changes' own code, in its one transaction.
+//! capacity and membership, one queued ticket per user, which tickets a match round takes, a
+//! connection request against the pair limits) cannot race, and waits for the lock up to a busy
+//! timeout before failing as [`StoreError::Unavailable`](rally_store::StoreError::Unavailable). A
+//! match round creates its rooms with the room changes' own code, in its one transaction.
 
+mod broker;
 mod error_mapping;
 mod identity;
 mod rooms;

@@ -24,3 +24,4 @@ async fn fresh_room_store() -> Option<(SqliteStore, TempDir)> {
 rally_store::identity_conformance_tests!(fresh_store());
 rally_store::room_conformance_tests!(fresh_room_store());
 rally_store::ticket_conformance_tests!(fresh_room_store());
+rally_store::broker_conformance_tests!(fresh_store());

@@ -1,6 +1,7 @@
 //! The behaviour every [`IdentityStore`] backend must show, as executable cases; the
-//! [`rooms`] module holds those of [`RoomStore`](crate::RoomStore), and the [`tickets`] module
-//! those of [`TicketStore`](crate::TicketStore).
+//! [`rooms`] module holds those of [`RoomStore`](crate::RoomStore), the [`tickets`] module those
+//! of [`TicketStore`](crate::TicketStore), and the [`broker`] module those of
+//! [`BrokerStore`](crate::BrokerStore).
 //!
 //! Each case is a public async function taking a fresh, empty store and panicking with a message
 //! naming the broken promise. A backend runs them all with
@@ -21,6 +22,7 @@ use crate::{
 };
 
 mod accounts;
+pub mod broker;
 pub mod rooms;
 mod sessions;
 pub mod tickets;

@@ -1,7 +1,7 @@
 //! Rally's storage contract.
 //!
 //! This crate defines what the services need from a database, as narrow traits over plain data
-//! types ([`IdentityStore`], [`RoomStore`], [`TicketStore`], together [`Store`]), and nothing
+//! types ([`IdentityStore`], [`RoomStore`], [`TicketStore`], [`BrokerStore`], together [`Store`]), and nothing
 //! about how it is stored: it depends on no database driver. Each backend
 //! (`rally-store-sqlite`, the embedded default; `rally-store-postgres`, for production) implements
 //! the traits and owns its migrations. The `conformance` module (behind the feature of that
@@ -11,6 +11,7 @@
 //! around expiry is deterministic in tests.
 
 pub mod backend;
+pub mod broker;
 pub mod bus;
 pub mod error;
 pub mod identity;
@@ -20,6 +21,7 @@ pub mod rooms;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use broker::BrokerStore;
 pub use bus::{Bus, BusEvent, LocalBus};
 pub use error::StoreError;
 pub use identity::{
@@ -33,7 +35,6 @@ pub type UnixMillis = i64;
 
 /// Everything a `rallyd` process needs from its database, as one object.
 ///
-/// Grows a supertrait per service (the broker's next) as they are built.
-pub trait Store: IdentityStore + RoomStore + TicketStore {}
+pub trait Store: IdentityStore + RoomStore + TicketStore + BrokerStore {}
 
-impl<T: IdentityStore + RoomStore + TicketStore> Store for T {}
+impl<T: IdentityStore + RoomStore + TicketStore + BrokerStore> Store for T {}

@@ -1,0 +1,241 @@
+//! Pairs: connection requests, their answers, relay allocations. Each change is one attempt
+//! inside one READ COMMITTED transaction run by its caller.
+//!
+//! A connect locks both users' rows (in id order) before it reads anything, then the pair's row:
+//! every change that adds a pair holds the locks of both its users, so the pair and the counts a
+//! connect decides on cannot change before it writes. Answers, closes and relay allocations
+//! change one pair in one conditional statement, which Postgres re-checks against the row's
+//! latest version when it had to wait for it. Deleting a user's pairs locks them in key order.
+
+use rally_store::backend::connect_decision::{PairCounts, connect_existing, connect_new};
+use rally_store::broker::{ConnectOutcome, Pair, PairLimits, RelayAllocation};
+use rally_store::{StoreError, UnixMillis};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::codec::{self, AGREED, PAIR_COLUMNS, PENDING, PairColumns};
+use super::presence::lock_users;
+use crate::error_mapping::map_error;
+use crate::retry::Abort;
+use crate::rooms::{corrupt, id_text};
+
+fn decode(columns: PairColumns) -> Result<Pair, StoreError> {
+    codec::decode_pair(columns).map_err(corrupt)
+}
+
+/// The stored key of the pair of `a` and `b`: its low and high user ids.
+fn key(a: Uuid, b: Uuid) -> (String, String) {
+    let (low, high) = codec::ordered(a, b);
+    (id_text(low), id_text(high))
+}
+
+/// `from` asks `to` (distinct, checked by the caller); see [`ConnectOutcome`].
+pub(super) async fn connect(
+    conn: &mut PgConnection,
+    from: Uuid,
+    to: Uuid,
+    limits: PairLimits,
+    now: UnixMillis,
+) -> Result<ConnectOutcome, Abort> {
+    if !lock_users(conn, &[from, to]).await? {
+        return Err(StoreError::NotFound("user").into());
+    }
+    let (low, high) = key(from, to);
+    let existing = sqlx::query_as::<_, PairColumns>(&format!(
+        "SELECT {PAIR_COLUMNS} FROM broker_pairs WHERE user_low = $1 AND user_high = $2 \
+         FOR UPDATE"
+    ))
+    .bind(&low)
+    .bind(&high)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(decode)
+    .transpose()?;
+    if let Some(existing) = existing {
+        let outcome = connect_existing(from, existing.state);
+        if outcome == ConnectOutcome::Crossed {
+            sqlx::query(&format!(
+                "UPDATE broker_pairs SET state = '{AGREED}', requester = NULL \
+                 WHERE user_low = $1 AND user_high = $2"
+            ))
+            .bind(&low)
+            .bind(&high)
+            .execute(&mut *conn)
+            .await?;
+        }
+        return Ok(outcome);
+    }
+    let from_text = id_text(from);
+    let outcome = connect_new(counts(conn, &from_text, &id_text(to)).await?, limits);
+    if outcome == ConnectOutcome::Requested {
+        sqlx::query(&format!(
+            "INSERT INTO broker_pairs (user_low, user_high, state, requester, created_at) \
+             VALUES ($1, $2, '{PENDING}', $3, $4)"
+        ))
+        .bind(&low)
+        .bind(&high)
+        .bind(&from_text)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(outcome)
+}
+
+/// How many pairs the caller and the peer are in.
+async fn counts(conn: &mut PgConnection, caller: &str, peer: &str) -> Result<PairCounts, Abort> {
+    // Each count by one index: the outgoing one, the primary key (as low), by_high (as high).
+    let (caller_outgoing_pending, caller_pairs, peer_pairs) = sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT (SELECT count(*) FROM broker_pairs WHERE requester = $1), \
+             (SELECT count(*) FROM broker_pairs WHERE user_low = $1) \
+             + (SELECT count(*) FROM broker_pairs WHERE user_high = $1), \
+             (SELECT count(*) FROM broker_pairs WHERE user_low = $2) \
+             + (SELECT count(*) FROM broker_pairs WHERE user_high = $2)",
+    )
+    .bind(caller)
+    .bind(peer)
+    .fetch_one(conn)
+    .await?;
+    let count = |value: i64| u64::try_from(value).map_err(corrupt);
+    Ok(PairCounts {
+        caller_outgoing_pending: count(caller_outgoing_pending)?,
+        caller_pairs: count(caller_pairs)?,
+        peer_pairs: count(peer_pairs)?,
+    })
+}
+
+/// `by` accepts the pending request of `requester`.
+pub(super) async fn accept(
+    conn: &mut PgConnection,
+    by: Uuid,
+    requester: Uuid,
+) -> Result<bool, Abort> {
+    let (low, high) = key(by, requester);
+    let done = sqlx::query(&format!(
+        "UPDATE broker_pairs SET state = '{AGREED}', requester = NULL \
+         WHERE user_low = $1 AND user_high = $2 AND state = '{PENDING}' AND requester = $3"
+    ))
+    .bind(low)
+    .bind(high)
+    .bind(id_text(requester))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// `by` refuses the pending request of `requester`.
+pub(super) async fn reject(
+    conn: &mut PgConnection,
+    by: Uuid,
+    requester: Uuid,
+) -> Result<bool, Abort> {
+    let (low, high) = key(by, requester);
+    let done = sqlx::query(&format!(
+        "DELETE FROM broker_pairs \
+         WHERE user_low = $1 AND user_high = $2 AND state = '{PENDING}' AND requester = $3"
+    ))
+    .bind(low)
+    .bind(high)
+    .bind(id_text(requester))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deletes the pair of `a` and `b`; it, if there was one.
+pub(super) async fn close(
+    conn: &mut PgConnection,
+    a: Uuid,
+    b: Uuid,
+) -> Result<Option<Pair>, Abort> {
+    let (low, high) = key(a, b);
+    let closed = sqlx::query_as::<_, PairColumns>(&format!(
+        "DELETE FROM broker_pairs WHERE user_low = $1 AND user_high = $2 RETURNING {PAIR_COLUMNS}"
+    ))
+    .bind(low)
+    .bind(high)
+    .fetch_optional(conn)
+    .await?;
+    Ok(closed.map(decode).transpose()?)
+}
+
+/// The pair of `a` and `b`.
+pub(super) async fn pair(
+    conn: &mut PgConnection,
+    a: Uuid,
+    b: Uuid,
+) -> Result<Option<Pair>, StoreError> {
+    let (low, high) = key(a, b);
+    sqlx::query_as::<_, PairColumns>(&format!(
+        "SELECT {PAIR_COLUMNS} FROM broker_pairs WHERE user_low = $1 AND user_high = $2"
+    ))
+    .bind(low)
+    .bind(high)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_error)?
+    .map(decode)
+    .transpose()
+}
+
+/// Every pair of `user`, oldest first (then by its users).
+pub(super) async fn pairs_of(conn: &mut PgConnection, user: Uuid) -> Result<Vec<Pair>, StoreError> {
+    let rows = sqlx::query_as::<_, PairColumns>(&format!(
+        "SELECT {PAIR_COLUMNS} FROM broker_pairs WHERE user_low = $1 \
+         UNION ALL SELECT {PAIR_COLUMNS} FROM broker_pairs WHERE user_high = $1 \
+         ORDER BY created_at, user_low, user_high"
+    ))
+    .bind(id_text(user))
+    .fetch_all(conn)
+    .await
+    .map_err(map_error)?;
+    rows.into_iter().map(decode).collect()
+}
+
+/// Deletes every pair of `user`, locking them in key order first; them, oldest first (then by
+/// their users).
+pub(super) async fn delete_pairs_of(
+    conn: &mut PgConnection,
+    user: Uuid,
+) -> Result<Vec<Pair>, Abort> {
+    let rows = sqlx::query_as::<_, PairColumns>(&format!(
+        "WITH doomed AS ( \
+             SELECT user_low AS low_key, user_high AS high_key FROM broker_pairs \
+             WHERE user_low = $1 OR user_high = $1 \
+             ORDER BY user_low, user_high FOR UPDATE \
+         ) \
+         DELETE FROM broker_pairs USING doomed \
+         WHERE user_low = doomed.low_key AND user_high = doomed.high_key \
+         RETURNING {PAIR_COLUMNS}"
+    ))
+    .bind(id_text(user))
+    .fetch_all(conn)
+    .await?;
+    let mut pairs = rows
+        .into_iter()
+        .map(decode)
+        .collect::<Result<Vec<_>, _>>()?;
+    pairs.sort_unstable_by_key(|pair| (pair.created_at, pair.low, pair.high));
+    Ok(pairs)
+}
+
+/// Records the relay allocation of the agreed pair of `a` and `b`.
+pub(super) async fn set_relay(
+    conn: &mut PgConnection,
+    a: Uuid,
+    b: Uuid,
+    allocation: RelayAllocation,
+) -> Result<bool, Abort> {
+    let (low, high) = key(a, b);
+    let done = sqlx::query(&format!(
+        "UPDATE broker_pairs SET relay_allocation = $3, relay_expires_at = $4 \
+         WHERE user_low = $1 AND user_high = $2 AND state = '{AGREED}'"
+    ))
+    .bind(low)
+    .bind(high)
+    .bind(allocation.id.as_slice())
+    .bind(allocation.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
