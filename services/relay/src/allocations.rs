@@ -188,6 +188,14 @@ impl Relay {
             _ => {
                 *slot = Some(from);
                 allocation.active_at_ms = now_ms;
+                // A renewed grant for the same pair (the broker re-signs the same allocation with
+                // a later expiry) extends it; its limits and the bytes carried stay.
+                if grant.user_a == allocation.grant.user_a
+                    && grant.user_b == allocation.grant.user_b
+                    && grant.expires_at_ms > allocation.grant.expires_at_ms
+                {
+                    allocation.grant.expires_at_ms = grant.expires_at_ms;
+                }
                 Some(reply(
                     from,
                     &Message::Allocated {
@@ -390,6 +398,61 @@ mod tests {
         assert_eq!(late, None);
         assert_eq!(relay.allocation_count(), 0);
         assert_eq!(relay.counters().refused_grants, 2);
+    }
+
+    #[test]
+    fn a_renewed_grant_extends_the_allocation_and_an_older_one_does_not_shorten_it() {
+        let mut relay = bound_pair();
+        let renewed = |expires_at_ms| {
+            Grant {
+                key_id: 1,
+                allocation: [7; 16],
+                user_a: [1; 16],
+                user_b: [2; 16],
+                expires_at_ms,
+                byte_cap: 10_000,
+                rate_bytes_per_sec: 5_000,
+            }
+            .sign(&key())
+        };
+        let later = NOW + 120_000;
+        let answer = relay
+            .handle(
+                addr(1000),
+                &encode(&Message::Allocate {
+                    side: 0,
+                    grant: &renewed(later),
+                }),
+                NOW + 1000,
+            )
+            .expect("answer");
+        assert_eq!(
+            wire::decode(&answer.datagram),
+            Ok(Message::Allocated {
+                allocation: [7; 16],
+                expires_at_ms: later
+            })
+        );
+        // Past the first grant's expiry, data still flows.
+        let at = NOW + 90_000;
+        assert!(relay.handle(addr(1000), &data(b"x"), at).is_some());
+        let answer = relay
+            .handle(
+                addr(2000),
+                &encode(&Message::Allocate {
+                    side: 1,
+                    grant: &renewed(NOW + 100_000),
+                }),
+                at,
+            )
+            .expect("answer");
+        assert_eq!(
+            wire::decode(&answer.datagram),
+            Ok(Message::Allocated {
+                allocation: [7; 16],
+                expires_at_ms: later
+            })
+        );
     }
 
     #[test]

@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rally_relay::allocations::{Relay, RelayLimits};
+use rally_relay::allocations::{Counters, Relay, RelayLimits};
 use rally_relay::grant::{GRANT_BYTES, Grant, GrantKey};
 use rally_relay::server::RelayServer;
-use rally_relay::wire::{self, Message};
+use rally_relay::wire::{self, Message, RefusedReason};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +84,13 @@ async fn sync(socket: &UdpSocket, relay: SocketAddr) -> SocketAddr {
     }
 }
 
+fn data(allocation: u8, payload: &[u8]) -> Vec<u8> {
+    encode(&Message::Data {
+        allocation: [allocation; 16],
+        payload,
+    })
+}
+
 async fn allocate(
     socket: &UdpSocket,
     relay: SocketAddr,
@@ -149,6 +156,63 @@ async fn two_peers_exchange_datagrams_through_an_allocation_and_nobody_else_can(
 }
 
 #[tokio::test]
+async fn a_grant_replayed_from_a_third_address_after_both_peers_bound_gains_it_nothing() {
+    let (server, shutdown) = relay().await;
+    let relay_addr = server.local_addr();
+    let (a, b, thief) = (peer().await, peer().await, peer().await);
+    let g = grant(8, now_ms() + 60_000);
+    for (socket, side) in [(&a, 0), (&b, 1)] {
+        let answer = allocate(socket, relay_addr, side, &g).await;
+        assert!(matches!(
+            wire::decode(&answer),
+            Ok(Message::Allocated {
+                allocation: [8, ..],
+                ..
+            })
+        ));
+    }
+
+    // The valid grant, replayed for either side, binds nothing.
+    for side in [0, 1] {
+        let answer = allocate(&thief, relay_addr, side, &g).await;
+        assert_eq!(
+            wire::decode(&answer),
+            Ok(Message::Refused {
+                allocation: [8; 16],
+                reason: RefusedReason::SideTaken
+            }),
+            "side {side}"
+        );
+    }
+
+    // It cannot send into the allocation. The sync proves the relay handled the datagram; had
+    // it been forwarded, it would be the first thing a or b receives below.
+    thief
+        .send_to(&data(8, b"from the third address"), relay_addr)
+        .await
+        .expect("send");
+    sync(&thief, relay_addr).await;
+
+    // Nor receive from it: the peers still reach each other, and only each other.
+    let (from_a, from_b) = (data(8, b"from a"), data(8, b"from b"));
+    a.send_to(&from_a, relay_addr).await.expect("send");
+    assert_eq!(receive(&b).await, from_a);
+    b.send_to(&from_b, relay_addr).await.expect("send");
+    assert_eq!(receive(&a).await, from_b);
+    // Both were forwarded before this request was handled: had either gone to the third
+    // address, sync would have received it before its binding response, and failed.
+    sync(&thief, relay_addr).await;
+
+    let counters = server.counters();
+    assert_eq!(counters.refused_grants, 2, "{counters:?}");
+    assert_eq!(counters.dropped_unauthorised, 1, "{counters:?}");
+    assert_eq!(counters.forwarded, 2, "{counters:?}");
+    assert_eq!(server.allocation_count(), 1);
+    shutdown.cancel();
+    server.wait().await;
+}
+
+#[tokio::test]
 async fn forged_and_expired_grants_are_dropped_without_an_answer() {
     let (server, shutdown) = relay().await;
     let relay_addr = server.local_addr();
@@ -173,46 +237,108 @@ async fn forged_and_expired_grants_are_dropped_without_an_answer() {
     server.wait().await;
 }
 
+/// The `i`th junk datagram, from xorshift state `seed`. A third of it looks like ours (the
+/// right header, garbage after it), a sixth is a well-formed allocation request with a forged
+/// grant (a tampered copy of `real`, or one signed with a secret the relay does not have), a
+/// sixth is Data for the real allocation `[7; 16]`, and the rest is noise.
+fn junk(i: u32, seed: u64, real: &[u8; GRANT_BYTES]) -> Vec<u8> {
+    let len = 1 + (seed % 1200) as usize;
+    let mut bytes: Vec<u8> = (0..len)
+        .map(|j| (seed >> (j % 8 * 8)) as u8 ^ j as u8)
+        .collect();
+    match i % 6 {
+        0 | 3 if bytes.len() > 4 => {
+            bytes[..4].copy_from_slice(&[b'R', b'Y', 1, (i % 7) as u8]);
+            bytes
+        }
+        1 => {
+            let forged = if seed & 1 == 0 {
+                let mut tampered = *real;
+                tampered[(seed >> 8) as usize % GRANT_BYTES] ^= 1 << (seed >> 16 & 7);
+                tampered
+            } else {
+                Grant {
+                    key_id: 0,
+                    allocation: [(seed >> 8) as u8 % 16; 16],
+                    user_a: [1; 16],
+                    user_b: [2; 16],
+                    expires_at_ms: now_ms() + 60_000,
+                    byte_cap: 1 << 30,
+                    rate_bytes_per_sec: 1 << 30,
+                }
+                .sign(&GrantKey::new(3, *b"not the relay's secret, 32 bytes"))
+            };
+            encode(&Message::Allocate {
+                side: (seed >> 24) as u8 & 1,
+                grant: &forged,
+            })
+        }
+        4 => data(7, &bytes),
+        _ => bytes,
+    }
+}
+
 #[tokio::test]
 async fn ten_thousand_junk_datagrams_leave_state_bounded_and_traffic_flowing() {
     let (server, shutdown) = relay().await;
     let relay_addr = server.local_addr();
-    let (a, b, junk) = (peer().await, peer().await, peer().await);
+    let (a, b, junk_peer) = (peer().await, peer().await, peer().await);
     let g = grant(7, now_ms() + 60_000);
-    allocate(&a, relay_addr, 0, &g).await;
-    allocate(&b, relay_addr, 1, &g).await;
+    for (socket, side) in [(&a, 0), (&b, 1)] {
+        let answer = allocate(socket, relay_addr, side, &g).await;
+        assert!(matches!(
+            wire::decode(&answer),
+            Ok(Message::Allocated { .. })
+        ));
+    }
+    // What each junk datagram should cost: one counter, no state, no answer.
+    let mut expected = Counters::default();
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     for i in 0..10_000u32 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let len = 1 + (seed % 1200) as usize;
-        let mut bytes: Vec<u8> = (0..len)
-            .map(|j| (seed >> (j % 8 * 8)) as u8 ^ j as u8)
-            .collect();
-        if i % 3 == 0 && bytes.len() > 4 {
-            // Some junk looks like ours: the right header, garbage after it.
-            bytes[..4].copy_from_slice(&[b'R', b'Y', 1, (i % 7) as u8]);
+        let bytes = junk(i, seed, &g);
+        match wire::decode(&bytes) {
+            Ok(Message::Allocate { .. }) => expected.refused_grants += 1,
+            Ok(Message::Data { .. }) => expected.dropped_unauthorised += 1,
+            Ok(Message::BindingRequest { .. }) => panic!("junk {i} asks for an answer"),
+            _ => expected.dropped_malformed += 1,
         }
-        junk.send_to(&bytes, relay_addr).await.expect("send junk");
+        junk_peer
+            .send_to(&bytes, relay_addr)
+            .await
+            .expect("send junk");
         if i % 50 == 49 {
-            // Pace the flood so that the relay's socket buffer is not what drops it.
-            sync(&junk, relay_addr).await;
+            // Pace the flood so that the relay's socket buffer is not what drops it; this also
+            // fails if any junk was answered.
+            sync(&junk_peer, relay_addr).await;
         }
     }
-    sync(&junk, relay_addr).await;
+    sync(&junk_peer, relay_addr).await;
     let counters = server.counters();
     assert_eq!(server.allocation_count(), 1, "junk created no allocation");
-    assert_eq!(counters.forwarded, 0);
     // Paced so that no socket buffer overflows: every junk datagram reached the relay and was
-    // dropped and counted.
-    let dropped =
-        counters.dropped_malformed + counters.dropped_unauthorised + counters.refused_grants;
-    assert_eq!(dropped, 10_000, "{counters:?}");
-    let data = encode(&Message::Data {
-        allocation: [7; 16],
-        payload: b"still here",
-    });
+    // dropped and counted where it should be.
+    assert_eq!(
+        (
+            counters.dropped_malformed,
+            counters.refused_grants,
+            counters.dropped_unauthorised,
+            counters.forwarded,
+            counters.allocations,
+        ),
+        (
+            expected.dropped_malformed,
+            expected.refused_grants,
+            expected.dropped_unauthorised,
+            0,
+            1
+        ),
+        "{counters:?}"
+    );
+    assert!(expected.refused_grants > 1000 && expected.dropped_unauthorised > 1000);
+    let data = data(7, b"still here");
     a.send_to(&data, relay_addr).await.expect("send");
     assert_eq!(receive(&b).await, data, "real traffic unaffected");
     shutdown.cancel();

@@ -1,0 +1,415 @@
+//! Fuzzes the relay's allocation state machine (`rally_relay::allocations::Relay`).
+//!
+//! The input is a sequence of steps: time passing, binding requests, grants signed with the
+//! relay's keys (or an unknown key, or tampered), Data for a few allocation ids, raw bytes, and
+//! `expire` sweeps; each datagram comes from one of a few fixed IPv4 and IPv6 addresses, and the
+//! clock never goes back. Alongside, a shadow model of what the module docs promise checks every
+//! answer:
+//!
+//! - nothing is ever answered with more bytes than it was asked with (no amplification), every
+//!   answer decodes, and a binding response carries the request's transaction and source;
+//! - junk, answers and unverified grants get no answer and create no state; only a verified
+//!   grant creates an allocation, and never more than `max_allocations`;
+//! - the first presentation of a side binds it; another address presenting it is refused;
+//! - Data is forwarded unchanged only from one bound side to the other, never over the byte
+//!   cap or the token-bucket rate, never after the grant's expiry; and after a second without
+//!   Data, a datagram within the cap and the rate is forwarded;
+//! - `expire` ends exactly the allocations past their expiry or idle timeout.
+//!
+//! Run every target (stable toolchain, cargo-fuzz installed on demand):
+//! `bash services/relay/fuzz/run.sh`; this one alone for a minute:
+//! `RALLY_FUZZ_SECONDS=60 bash services/relay/fuzz/run.sh relay_handle`.
+
+#![no_main]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+use rally_relay::allocations::{Counters, Outgoing, Relay, RelayLimits};
+use rally_relay::grant::{GRANT_BYTES, Grant, GrantKey};
+use rally_relay::wire::{self, Message, RefusedReason};
+
+/// The clock starts at a realistic Unix time in milliseconds.
+const START_MS: u64 = 1_700_000_000_000;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// 1 to 4 allocations.
+    max_allocations: u8,
+    idle_timeout_ms: u16,
+    steps: Vec<Step>,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Step {
+    /// Time passes.
+    Wait { ms: u32 },
+    /// The periodic sweep.
+    Expire,
+    /// A binding request.
+    Bind { from: u8, transaction: [u8; 12] },
+    /// A grant presented for `side` (anything but 0 and 1 does not decode).
+    Allocate {
+        from: u8,
+        side: u8,
+        grant: GrantSpec,
+    },
+    /// Data with `len % 1500` bytes of `fill` for one of five allocation ids.
+    Data {
+        from: u8,
+        allocation: u8,
+        len: u16,
+        fill: u8,
+    },
+    /// Any bytes at all.
+    Raw { from: u8, bytes: Vec<u8> },
+}
+
+#[derive(Arbitrary, Debug)]
+struct GrantSpec {
+    /// One of a few ids, so that grants collide.
+    allocation: u8,
+    /// 0 and 1: the relay's keys; otherwise a key it does not have.
+    key: u8,
+    /// Relative to now; zero or negative is already expired.
+    expires_in_ms: i32,
+    byte_cap: u32,
+    rate_bytes_per_sec: u16,
+    /// Flip one bit of the signed grant.
+    tamper: Option<(u8, u8)>,
+}
+
+fn keys() -> [GrantKey; 3] {
+    [
+        GrantKey::new(1, *b"relay fuzz secret one, 32 bytes!"),
+        GrantKey::new(2, *b"relay fuzz secret two, 32 bytes!"),
+        GrantKey::new(9, *b"a secret the relay does not have"),
+    ]
+}
+
+fn source(index: u8) -> SocketAddr {
+    const SOURCES: [&str; 5] = [
+        "192.0.2.1:1000",
+        "192.0.2.1:1001",
+        "198.51.100.7:1000",
+        "[2001:db8::1]:3000",
+        "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+    ];
+    SOURCES[usize::from(index) % SOURCES.len()]
+        .parse()
+        .expect("a literal address")
+}
+
+fn allocation_id(index: u8) -> [u8; 16] {
+    // Four ids grants can name, and a fifth no grant ever names.
+    [index % 5; 16]
+}
+
+fn sign(spec: &GrantSpec, now_ms: u64) -> [u8; GRANT_BYTES] {
+    let keys = keys();
+    let key = &keys[usize::from(spec.key).min(2)];
+    let expires_at_ms = now_ms.saturating_add_signed(i64::from(spec.expires_in_ms));
+    let mut bytes = Grant {
+        key_id: 0,
+        allocation: allocation_id(spec.allocation % 4),
+        user_a: [0xa; 16],
+        user_b: [0xb; 16],
+        expires_at_ms,
+        byte_cap: u64::from(spec.byte_cap),
+        rate_bytes_per_sec: u32::from(spec.rate_bytes_per_sec),
+    }
+    .sign(key);
+    if let Some((at, bit)) = spec.tamper {
+        bytes[usize::from(at) % GRANT_BYTES] ^= 1 << (bit % 8);
+    }
+    bytes
+}
+
+/// What the model knows of one allocation.
+struct Shadow {
+    /// The grant that created it, with the expiry of the latest renewal for the same users.
+    grant: Grant,
+    sides: [Option<SocketAddr>; 2],
+    bytes: u64,
+    created_at_ms: u64,
+    active_at_ms: u64,
+    /// The last Data from a bound side before expiry (when the token bucket refilled).
+    refilled_at_ms: u64,
+}
+
+/// The relay under test and a shadow model of what its docs promise.
+struct Harness {
+    relay: Relay,
+    keys: Vec<GrantKey>,
+    limits: RelayLimits,
+    model: HashMap<[u8; 16], Shadow>,
+    now_ms: u64,
+}
+
+impl Harness {
+    fn new(input: &Input) -> Self {
+        let limits = RelayLimits {
+            max_allocations: usize::from(input.max_allocations % 4) + 1,
+            idle_timeout_ms: u64::from(input.idle_timeout_ms),
+        };
+        let keys = keys()[..2].to_vec();
+        Self {
+            relay: Relay::new(keys.clone(), limits),
+            keys,
+            limits,
+            model: HashMap::new(),
+            now_ms: START_MS,
+        }
+    }
+
+    fn step(&mut self, step: &Step) {
+        let (from, datagram) = match step {
+            Step::Wait { ms } => {
+                self.now_ms += u64::from(*ms);
+                return;
+            }
+            Step::Expire => {
+                self.expire();
+                return;
+            }
+            Step::Bind { from, transaction } => (
+                source(*from),
+                encode(&Message::BindingRequest {
+                    transaction: *transaction,
+                }),
+            ),
+            Step::Allocate { from, side, grant } => (
+                source(*from),
+                encode(&Message::Allocate {
+                    side: *side,
+                    grant: &sign(grant, self.now_ms),
+                }),
+            ),
+            Step::Data {
+                from,
+                allocation,
+                len,
+                fill,
+            } => (
+                source(*from),
+                encode(&Message::Data {
+                    allocation: allocation_id(*allocation),
+                    payload: &vec![*fill; usize::from(*len) % 1500],
+                }),
+            ),
+            Step::Raw { from, bytes } => (source(*from), bytes.clone()),
+        };
+        self.datagram(from, &datagram);
+    }
+
+    fn expire(&mut self) {
+        let (now, idle) = (self.now_ms, self.limits.idle_timeout_ms);
+        self.relay.expire(now);
+        self.model.retain(|_, shadow| {
+            now < shadow.grant.expires_at_ms && now - shadow.active_at_ms < idle
+        });
+        assert_eq!(self.relay.allocation_count(), self.model.len(), "expire");
+    }
+
+    fn datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let before = self.relay.counters();
+        let out = self.relay.handle(from, datagram, self.now_ms);
+        let after = self.relay.counters();
+        if let Some(out) = &out {
+            assert!(
+                out.datagram.len() <= datagram.len(),
+                "amplification: {} bytes answered with {}",
+                datagram.len(),
+                out.datagram.len()
+            );
+            assert!(wire::decode(&out.datagram).is_ok(), "undecodable answer");
+        }
+        match wire::decode(datagram) {
+            Ok(Message::BindingRequest { transaction }) => {
+                let out = out.expect("binding requests are answered");
+                assert_eq!(out.to, from);
+                assert_eq!(
+                    wire::decode(&out.datagram),
+                    Ok(Message::BindingResponse {
+                        transaction,
+                        address: from
+                    })
+                );
+                assert_eq!(after.bindings, before.bindings + 1);
+            }
+            Ok(Message::Allocate { side, grant }) => self.allocate(from, side, grant, out.as_ref()),
+            Ok(Message::Data {
+                allocation,
+                payload,
+            }) => self.forward(from, allocation, payload.len(), datagram, out.as_ref()),
+            Ok(_) | Err(_) => {
+                assert_eq!(out, None, "junk or an answer is never answered");
+                assert_eq!(after.dropped_malformed, before.dropped_malformed + 1);
+            }
+        }
+        self.check_bounds(before, after);
+    }
+
+    fn check_bounds(&self, before: Counters, after: Counters) {
+        assert!(self.relay.allocation_count() <= self.limits.max_allocations);
+        assert_eq!(self.relay.allocation_count(), self.model.len());
+        // One datagram moves one counter by one (forwarding also counts its bytes).
+        let total = |c: Counters| {
+            c.bindings
+                + c.allocations
+                + c.forwarded
+                + c.dropped_malformed
+                + c.refused_grants
+                + c.dropped_unauthorised
+                + c.dropped_over_limit
+        };
+        let moved = total(after) - total(before);
+        assert!(moved <= 1, "{before:?} -> {after:?}");
+    }
+
+    fn allocate(
+        &mut self,
+        from: SocketAddr,
+        side: u8,
+        grant: &[u8; GRANT_BYTES],
+        out: Option<&Outgoing>,
+    ) {
+        let Ok(grant) = Grant::verify(grant, &self.keys, self.now_ms) else {
+            assert_eq!(out, None, "an unverified grant gets no answer");
+            return;
+        };
+        let id = grant.allocation;
+        let out = out.expect("a verified grant is answered");
+        assert_eq!(out.to, from);
+        let answer = wire::decode(&out.datagram).expect("decodes");
+        if !self.model.contains_key(&id) {
+            if self.model.len() >= self.limits.max_allocations {
+                assert_eq!(
+                    answer,
+                    Message::Refused {
+                        allocation: id,
+                        reason: RefusedReason::Full
+                    }
+                );
+                return;
+            }
+            let now = self.now_ms;
+            self.model.insert(
+                id,
+                Shadow {
+                    grant,
+                    sides: [None, None],
+                    bytes: 0,
+                    created_at_ms: now,
+                    active_at_ms: now,
+                    refilled_at_ms: now,
+                },
+            );
+        }
+        let shadow = self.model.get_mut(&id).expect("inserted above");
+        let slot = &mut shadow.sides[usize::from(side)];
+        match slot {
+            Some(bound) if *bound != from => assert_eq!(
+                answer,
+                Message::Refused {
+                    allocation: id,
+                    reason: RefusedReason::SideTaken
+                },
+                "{from} took a side bound to {bound}"
+            ),
+            _ => {
+                *slot = Some(from);
+                shadow.active_at_ms = self.now_ms;
+                if grant.user_a == shadow.grant.user_a
+                    && grant.user_b == shadow.grant.user_b
+                    && grant.expires_at_ms > shadow.grant.expires_at_ms
+                {
+                    shadow.grant.expires_at_ms = grant.expires_at_ms;
+                }
+                assert_eq!(
+                    answer,
+                    Message::Allocated {
+                        allocation: id,
+                        expires_at_ms: shadow.grant.expires_at_ms
+                    }
+                );
+            }
+        }
+    }
+
+    fn forward(
+        &mut self,
+        from: SocketAddr,
+        id: [u8; 16],
+        size: usize,
+        datagram: &[u8],
+        out: Option<&Outgoing>,
+    ) {
+        let now = self.now_ms;
+        let Some(shadow) = self.model.get_mut(&id) else {
+            assert_eq!(out, None, "Data for an unknown allocation");
+            return;
+        };
+        let to = match shadow.sides {
+            [Some(a), Some(b)] if a == from => b,
+            [Some(a), Some(b)] if b == from => a,
+            _ => {
+                assert_eq!(out, None, "Data from {from}, not a bound side");
+                return;
+            }
+        };
+        if now >= shadow.grant.expires_at_ms {
+            assert_eq!(out, None, "Data after the grant's expiry");
+            self.model.remove(&id);
+            return;
+        }
+        let size = size as u64;
+        let quiet_for_a_second = now - shadow.refilled_at_ms >= 1000;
+        shadow.refilled_at_ms = now;
+        let within_cap = shadow.bytes + size <= shadow.grant.byte_cap;
+        let Some(out) = out else {
+            let rate = u64::from(shadow.grant.rate_bytes_per_sec);
+            assert!(
+                !within_cap || (size > 0 && !(quiet_for_a_second && size <= rate)),
+                "dropped {size} bytes within the cap after a full refill"
+            );
+            return;
+        };
+        assert!(within_cap, "forwarded over the byte cap");
+        assert_eq!(
+            out,
+            &Outgoing {
+                to,
+                datagram: datagram.to_vec()
+            }
+        );
+        shadow.bytes += size;
+        shadow.active_at_ms = now;
+        // A full bucket at creation plus the refills since: rate × (1 s + elapsed), with one
+        // byte of slack for the floating-point bucket.
+        let rate = u128::from(shadow.grant.rate_bytes_per_sec);
+        let budget = rate * u128::from(1000 + now - shadow.created_at_ms) + 1000;
+        assert!(
+            u128::from(shadow.bytes) * 1000 <= budget,
+            "{} bytes forwarded in {} ms at {rate} B/s",
+            shadow.bytes,
+            now - shadow.created_at_ms
+        );
+    }
+}
+
+fn encode(message: &Message<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode(message, &mut out);
+    out
+}
+
+fuzz_target!(|input: Input| {
+    let mut harness = Harness::new(&input);
+    for step in &input.steps {
+        harness.step(step);
+    }
+    harness.expire();
+});
