@@ -93,9 +93,50 @@ pub struct Config {
     #[arg(long, env = "RALLY_RELAY_SECRET_FILE")]
     pub relay_secret_file: Option<PathBuf>,
 
+    /// Older relay grant secret files the relay still accepts (key rotation: sign with the new
+    /// secret, keep verifying the old one until its grants expire); comma-separated.
+    #[arg(long, env = "RALLY_RELAY_VERIFY_SECRET_FILES", value_delimiter = ',')]
+    pub relay_verify_secret_files: Vec<PathBuf>,
+
     /// Most relay allocations held at once.
     #[arg(long, env = "RALLY_RELAY_MAX_ALLOCATIONS", default_value_t = 10_000)]
     pub relay_max_allocations: usize,
+
+    /// UDP addresses at which clients reach the relay, comma-separated: the first carries relay
+    /// allocations, all are announced as reflectors. Default: the address this process's relay
+    /// bound (when it runs one; otherwise the broker offers no relay).
+    #[arg(long, env = "RALLY_RELAY_PUBLIC_ADDRESSES", value_delimiter = ',')]
+    pub relay_public_addresses: Vec<SocketAddr>,
+
+    /// How long a relay grant is valid, in seconds.
+    #[arg(long, env = "RALLY_RELAY_GRANT_TTL_SECS", default_value_t = 600)]
+    pub relay_grant_ttl_secs: u64,
+
+    /// Most bytes one relay allocation carries, both directions together.
+    #[arg(long, env = "RALLY_RELAY_MAX_BYTES", default_value_t = 1 << 30)]
+    pub relay_max_bytes: u64,
+
+    /// Most bytes per second one relay allocation carries, both directions together.
+    #[arg(long, env = "RALLY_RELAY_MAX_BYTES_PER_SECOND", default_value_t = 4 << 20)]
+    pub relay_max_bytes_per_second: u32,
+
+    /// How often broker clients must ping, in milliseconds; three silent intervals end an
+    /// attachment.
+    #[arg(long, env = "RALLY_BROKER_KEEPALIVE_MS", default_value_t = 10_000)]
+    pub broker_keepalive_ms: u64,
+
+    /// How long a user may stay detached from the broker before it leaves its room and loses its
+    /// pairs, in milliseconds.
+    #[arg(long, env = "RALLY_BROKER_DETACH_GRACE_MS", default_value_t = 30_000)]
+    pub broker_detach_grace_ms: u64,
+
+    /// Broker signals a user may send per second (sustained; Ping is not counted).
+    #[arg(long, env = "RALLY_BROKER_SIGNALS_PER_SECOND", default_value_t = 20)]
+    pub broker_signals_per_second: u32,
+
+    /// Broker signals a user may send in a burst.
+    #[arg(long, env = "RALLY_BROKER_SIGNAL_BURST", default_value_t = 60)]
+    pub broker_signal_burst: u32,
 
     /// More PEM files (private or public Ed25519 keys) whose tokens are still accepted, for key
     /// rotation; comma-separated.
@@ -178,6 +219,29 @@ impl Config {
                 "--database-max-connections must be at least 1".into(),
             ));
         }
+        if self.broker_keepalive_ms < 100 || self.broker_keepalive_ms > 600_000 {
+            return Err(RallydError::Config(
+                "--broker-keepalive-ms must be 100 to 600000".into(),
+            ));
+        }
+        if self.broker_detach_grace_ms > 24 * 3600 * 1000 {
+            return Err(RallydError::Config(
+                "--broker-detach-grace-ms must be at most a day".into(),
+            ));
+        }
+        if self.broker_signals_per_second == 0 || self.broker_signal_burst == 0 {
+            return Err(RallydError::Config(
+                "--broker-signals-per-second and --broker-signal-burst must be at least 1".into(),
+            ));
+        }
+        if self.relay_grant_ttl_secs == 0
+            || self.relay_max_bytes == 0
+            || self.relay_max_bytes_per_second == 0
+        {
+            return Err(RallydError::Config(
+                "--relay-grant-ttl-secs, --relay-max-bytes and --relay-max-bytes-per-second must be at least 1".into(),
+            ));
+        }
         if let Some(url) = &self.database_url
             && !(is_postgres_url(url) || url.starts_with("sqlite:"))
         {
@@ -252,6 +316,18 @@ impl std::fmt::Debug for Config {
             .field("token_verify_keys", &self.token_verify_keys)
             .field("relay_secret_file", &self.relay_secret_path())
             .field("relay_max_allocations", &self.relay_max_allocations)
+            .field("relay_verify_secret_files", &self.relay_verify_secret_files)
+            .field("relay_public_addresses", &self.relay_public_addresses)
+            .field("relay_grant_ttl_secs", &self.relay_grant_ttl_secs)
+            .field("relay_max_bytes", &self.relay_max_bytes)
+            .field(
+                "relay_max_bytes_per_second",
+                &self.relay_max_bytes_per_second,
+            )
+            .field("broker_keepalive_ms", &self.broker_keepalive_ms)
+            .field("broker_detach_grace_ms", &self.broker_detach_grace_ms)
+            .field("broker_signals_per_second", &self.broker_signals_per_second)
+            .field("broker_signal_burst", &self.broker_signal_burst)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
             .field(

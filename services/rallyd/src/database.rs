@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rally_store::{Bus, IdentityStore, LocalBus, RoomStore, TicketStore};
+use rally_store::{BrokerStore, Bus, IdentityStore, LocalBus, RoomStore, TicketStore};
 use rally_store_postgres::{PgBus, PostgresStore};
 use rally_store_sqlite::SqliteStore;
 
@@ -60,6 +60,14 @@ impl Database {
 
     /// The ticket store.
     pub fn tickets(&self) -> Arc<dyn TicketStore> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Postgres(store) => store.clone(),
+        }
+    }
+
+    /// The broker store.
+    pub fn broker(&self) -> Arc<dyn BrokerStore> {
         match self {
             Self::Sqlite(store) => store.clone(),
             Self::Postgres(store) => store.clone(),

@@ -11,6 +11,18 @@ use crate::RallydError;
 /// Bytes of a generated secret.
 const SECRET_BYTES: usize = 32;
 
+/// The grant key in `path` (hex text), which must exist: an older secret still accepted by the
+/// relay while grants signed with it expire (key rotation).
+pub(crate) fn load(path: &Path) -> Result<GrantKey, RallydError> {
+    if !path.is_file() {
+        return Err(RallydError::Config(format!(
+            "relay secret {} does not exist",
+            path.display()
+        )));
+    }
+    load_or_generate(path)
+}
+
 /// The grant key in `path` (hex text), generating a random one there when the file is missing.
 /// Its id is the first four bytes of the secret's SHA-256, so replicas sharing the file agree.
 pub(crate) fn load_or_generate(path: &Path) -> Result<GrantKey, RallydError> {
@@ -59,6 +71,15 @@ mod tests {
         let first = load_or_generate(&path).expect("generate");
         let second = load_or_generate(&path).expect("load");
         assert_eq!(first.id, second.id);
+    }
+
+    #[test]
+    fn an_older_secret_must_exist_and_keeps_its_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old-secret");
+        assert!(load(&path).is_err(), "never generated");
+        let generated = load_or_generate(&path).expect("generate");
+        assert_eq!(load(&path).expect("load").id, generated.id);
     }
 
     #[test]

@@ -119,12 +119,20 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         false => None,
     };
     let shutdown = CancellationToken::new();
-    let (rooms, matchmaking) = match config.runs(ServiceKind::Rooms) {
-        true => {
+    let room_hub = match config.runs(ServiceKind::Rooms) || config.runs(ServiceKind::Broker) {
+        true => Some(
+            rally_rooms::Hub::start(database.bus(), rally_rooms::ROOMS_TOPIC, shutdown.clone())
+                .await?,
+        ),
+        false => None,
+    };
+    let relay_addr = match config.runs(ServiceKind::Relay) {
+        true => Some(start_relay(&config, shutdown.clone()).await?),
+        false => None,
+    };
+    let (rooms, matchmaking) = match (config.runs(ServiceKind::Rooms), room_hub.clone()) {
+        (true, Some(room_hub)) => {
             let pools = Arc::new(load_pools(&config)?);
-            let room_hub =
-                rally_rooms::Hub::start(database.bus(), rally_rooms::ROOMS_TOPIC, shutdown.clone())
-                    .await?;
             let ticket_hub = rally_rooms::Hub::start(
                 database.bus(),
                 rally_rooms::TICKETS_TOPIC,
@@ -156,15 +164,25 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
             );
             (Some(rooms.into_server()), Some(matchmaking.into_server()))
         }
-        false => (None, None),
+        _ => (None, None),
     };
-    let broker = config
-        .runs(ServiceKind::Broker)
-        .then(|| rally_broker::BrokerService::default().into_server());
-
-    let relay_addr = match config.runs(ServiceKind::Relay) {
-        true => Some(start_relay(&config, shutdown.clone()).await?),
-        false => None,
+    let broker = match (config.runs(ServiceKind::Broker), room_hub) {
+        (true, Some(room_hub)) => {
+            let broker = rally_broker::Broker::start(
+                broker_config(&config, relay_addr)?,
+                rally_broker::BrokerStores {
+                    broker: database.broker(),
+                    identity: database.identity(),
+                    rooms: database.rooms(),
+                },
+                room_hub,
+                database.bus(),
+                shutdown.clone(),
+            )
+            .await?;
+            Some(broker.into_server())
+        }
+        _ => None,
     };
 
     let served: Vec<&'static str> = config
@@ -270,6 +288,36 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
     })
 }
 
+/// The broker's settings from the flags; `relay_addr` is this process's relay, if it runs one.
+fn broker_config(
+    config: &Config,
+    relay_addr: Option<SocketAddr>,
+) -> Result<rally_broker::BrokerConfig, RallydError> {
+    let public: Vec<SocketAddr> = match config.relay_public_addresses.is_empty() {
+        true => relay_addr.into_iter().collect(),
+        false => config.relay_public_addresses.clone(),
+    };
+    let relay = match public.first() {
+        Some(address) => Some(rally_broker::RelaySettings {
+            key: crate::relay_secret::load_or_generate(&config.relay_secret_path())?,
+            address: *address,
+            grant_ttl: Duration::from_secs(config.relay_grant_ttl_secs),
+            max_bytes: config.relay_max_bytes,
+            max_bytes_per_second: config.relay_max_bytes_per_second,
+        }),
+        None => None,
+    };
+    Ok(rally_broker::BrokerConfig {
+        keepalive_interval: Duration::from_millis(config.broker_keepalive_ms),
+        detach_grace: Duration::from_millis(config.broker_detach_grace_ms),
+        signals_per_second: config.broker_signals_per_second,
+        signal_burst: config.broker_signal_burst,
+        reflector_addresses: public,
+        relay,
+        ..rally_broker::BrokerConfig::default()
+    })
+}
+
 /// Binds and starts the relay; returns its address.
 async fn start_relay(
     config: &Config,
@@ -286,7 +334,11 @@ async fn start_relay(
         max_allocations: config.relay_max_allocations,
         ..Default::default()
     };
-    let relay = rally_relay::allocations::Relay::new(vec![key], limits);
+    let mut keys = vec![key];
+    for path in &config.relay_verify_secret_files {
+        keys.push(crate::relay_secret::load(path)?);
+    }
+    let relay = rally_relay::allocations::Relay::new(keys, limits);
     let server =
         rally_relay::server::RelayServer::spawn(socket, relay, shutdown).map_err(|source| {
             RallydError::Io {

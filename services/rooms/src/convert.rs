@@ -14,13 +14,7 @@ use uuid::Uuid;
 
 use crate::RoomsError;
 
-pub(crate) fn timestamp(millis: UnixMillis) -> prost_types::Timestamp {
-    let nanos = i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0);
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos,
-    }
-}
+pub(crate) use crate::clock::timestamp;
 
 pub(crate) fn visibility(value: i32) -> Visibility {
     match pb::RoomVisibility::try_from(value) {

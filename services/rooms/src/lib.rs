@@ -12,7 +12,7 @@
 //! This crate does not authenticate (the `rally-auth` layer in front does) and knows no database
 //! driver; it must not depend on the broker or the relay.
 
-mod clock;
+pub mod clock;
 mod convert;
 mod error;
 pub mod history;
