@@ -1,71 +1,109 @@
 //! Rally's client SDK.
 //!
-//! Today it holds what every client needs to talk to the control plane: a connection to
-//! `rallyd` ([`connect`]) and the interceptor that puts the access token on every call
-//! ([`Bearer`]). The game-facing API (the Meta `ovr_Net_*` surface over peer-to-peer QUIC) is
-//! built on these.
+//! The control plane, over gRPC to `rallyd`:
+//! - [`Rally`] is a connection that signs in ([`Rally::register`], [`Rally::login`],
+//!   [`Rally::device_login`]) and gives a [`Session`], whose access token refreshes itself.
+//! - [`Session::rooms`] and [`Session::matchmaking`] give [`Rooms`] and [`Matchmaking`]: one
+//!   method per RPC, and room and ticket watches that resume by themselves.
+//! - [`BrokerLink`] is the attachment to the connection broker: presence, and the signals two
+//!   peers exchange (connect, accept, their candidates, when to punch, relay grants) as
+//!   [`BrokerEvent`]s. It re-attaches by itself when the stream is lost.
+//!
+//! The peer-to-peer data plane (QUIC between peers), built on these, is [`net`]. Every call
+//! answers with the one [`Error`] type.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use rally_proto::identity::v1::{identity_client::IdentityClient, DeviceLoginRequest, GetAccountRequest};
-//! let channel = rally_client::connect("http://127.0.0.1:7370").await?;
-//! let mut identity = IdentityClient::new(channel.clone());
-//! let session = identity
-//!     .device_login(DeviceLoginRequest { device_id: "my-device-0123456789".into(), display_name: String::new() })
-//!     .await?
-//!     .into_inner()
-//!     .session
-//!     .ok_or("no session")?;
-//! let bearer = rally_client::Bearer::new(&session.access_token)?;
-//! let mut me = IdentityClient::with_interceptor(channel, bearer);
-//! let account = me.get_account(GetAccountRequest {}).await?.into_inner();
-//! println!("signed in as {:?}", account.user);
+//! # async fn demo() -> rally_client::Result<()> {
+//! use rally_client::Rally;
+//! let rally = Rally::connect("http://127.0.0.1:7370").await?;
+//! let session = rally.device_login("my-device-0123456789", "Ada").await?;
+//! let room = session.rooms().current_room().await?;
+//! println!("{} is in {:?}", session.display_name(), room.map(|r| r.room_id));
 //! # Ok(()) }
 //! ```
+//!
+//! The lower-level helpers [`connect`] and [`Bearer`] remain for programs that use the generated
+//! gRPC clients directly.
 
-use tonic::metadata::{AsciiMetadataValue, errors::InvalidMetadataValue};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
-/// What can go wrong in the client.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server URL is not a valid endpoint.
-    #[error("invalid server URL {url}: {reason}")]
-    InvalidUrl {
-        /// The URL given.
-        url: String,
-        /// Why it is invalid.
-        reason: String,
-    },
-    /// The server could not be reached.
-    #[error("cannot reach the server: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    /// The access token has characters that cannot go into gRPC metadata.
-    #[error("the access token is not valid metadata: {0}")]
-    BadToken(#[from] InvalidMetadataValue),
-}
+pub mod broker;
+pub mod error;
+pub mod net;
+pub mod rooms;
+pub mod session;
+
+pub use broker::{Announcement, BrokerEvent, BrokerLink};
+pub use error::{Error, Result};
+/// The generated wire types of the contract (`rally.identity.v1`, `rally.rooms.v1`,
+/// `rally.broker.v1`), which many SDK calls take and return.
+pub use rally_proto as proto;
+pub use rooms::{Matchmaking, Rooms};
+pub use session::{Authorized, Rally, Session};
+
+/// How long connecting to `rallyd` may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often an HTTP/2 connection with open streams is pinged, and how long the answer may take.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects to a `rallyd` at `url` (`http://host:port`).
-pub async fn connect(url: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ClientError::InvalidUrl {
+///
+/// The channel reconnects by itself when the connection drops.
+///
+/// ```no_run
+/// # async fn demo() -> rally_client::Result<()> {
+/// let channel = rally_client::connect("http://127.0.0.1:7370").await?;
+/// # drop(channel); Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| Error::InvalidUrl {
         url: url.to_owned(),
         reason: e.to_string(),
     })?;
-    Ok(endpoint.tcp_nodelay(true).connect().await?)
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A connection that died silently fails its open streams (watches) instead of hanging.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .connect()
+        .await?)
 }
 
-/// Adds `authorization: Bearer <access token>` to every call.
-#[derive(Debug, Clone)]
+/// Adds `authorization: Bearer <access token>` with a fixed token to every call.
+///
+/// A [`Session`]'s [`Authorized`] does the same with a token that refreshes itself; prefer it.
+///
+/// ```no_run
+/// # async fn demo(access_token: &str) -> rally_client::Result<()> {
+/// use rally_client::proto::identity::v1::{identity_client::IdentityClient, GetAccountRequest};
+/// let channel = rally_client::connect("http://127.0.0.1:7370").await?;
+/// let mut identity = IdentityClient::with_interceptor(channel, rally_client::Bearer::new(access_token)?);
+/// let account = identity.get_account(GetAccountRequest {}).await?;
+/// # drop(account); Ok(()) }
+/// ```
+#[derive(Clone)]
 pub struct Bearer {
     value: AsciiMetadataValue,
 }
 
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bearer")
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
 impl Bearer {
-    /// An interceptor for `access_token`.
-    pub fn new(access_token: &str) -> Result<Self, ClientError> {
+    /// An interceptor for `access_token`; [`Error::InvalidArgument`] if it cannot be gRPC
+    /// metadata (it has control characters).
+    pub fn new(access_token: &str) -> Result<Self> {
         Ok(Self {
-            value: format!("Bearer {access_token}").parse()?,
+            value: session::bearer_value(access_token)?,
         })
     }
 }

@@ -1,0 +1,771 @@
+//! The tokio side of `Net`: the peer table, carrying out the state machine's actions, the
+//! broker event pump, the accept loop and the timer.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rally_proto::broker::v1::{Candidate, CandidateKind, SocketAddress};
+use rally_quic::{Connection, DatagramError};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::framing::{self, Datagram};
+use super::peer::{Action, ConnectionState, Consent, Peer, PeerInfo};
+use super::stats::{Counters, Path, PeerStats, add};
+use super::{NetConfig, NetEvent, Packet, SendPolicy, connection};
+use crate::broker::{BrokerEvent, BrokerLink};
+use crate::{Error, Result};
+
+/// How long a ping waits for its pong.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// How long the room membership used for fan-out is reused.
+const ROOM_CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// A connection with its generation (each new connection with a peer gets the next one).
+pub(crate) type Live = Option<(u64, Connection)>;
+
+/// Everything `Net` knows about one remote user.
+pub(crate) struct Slot {
+    pub(crate) peer: Peer,
+    pub(crate) conn: Option<(u64, Connection)>,
+    generation: u64,
+    pub(crate) live: watch::Sender<Live>,
+    lanes: [Option<mpsc::UnboundedSender<Bytes>>; framing::LANES as usize],
+    pub(crate) buffered: Arc<AtomicUsize>,
+    sequence: u32,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) last_activity: Instant,
+    pings: HashMap<u32, Instant>,
+    punch_at: Option<Instant>,
+}
+
+impl Slot {
+    fn new(connect_timeout: Duration) -> Self {
+        Self {
+            peer: Peer::new(connect_timeout),
+            conn: None,
+            generation: 0,
+            live: watch::channel(None).0,
+            lanes: Default::default(),
+            buffered: Arc::new(AtomicUsize::new(0)),
+            sequence: 0,
+            counters: Arc::new(Counters::default()),
+            last_activity: Instant::now(),
+            pings: HashMap::new(),
+            punch_at: None,
+        }
+    }
+}
+
+/// A small, fast, non-cryptographic random source for the simulated network.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn seeded() -> Self {
+        let mut seed = [0u8; 8];
+        // Without OS randomness the simulation is merely predictable.
+        let _ = getrandom::fill(&mut seed);
+        Self(u64::from_le_bytes(seed) | 1)
+    }
+
+    /// A number in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) me: Uuid,
+    pub(crate) broker: BrokerLink,
+    pub(crate) transport: rally_quic::Transport,
+    pub(crate) config: NetConfig,
+    pub(crate) peers: Mutex<HashMap<Uuid, Slot>>,
+    pub(crate) inbox_tx: mpsc::Sender<Packet>,
+    pub(crate) inbox_rx: tokio::sync::Mutex<mpsc::Receiver<Packet>>,
+    pub(crate) events_tx: mpsc::UnboundedSender<NetEvent>,
+    pub(crate) events_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<NetEvent>>,
+    pub(crate) auto_accept_room: AtomicBool,
+    pub(crate) next_ping: AtomicU32,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) rng: Mutex<Rng>,
+    /// The room's members as last asked, and when.
+    pub(crate) room_cache: Mutex<Option<(Instant, Option<Vec<Uuid>>)>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The addresses announced as host candidates for a QUIC endpoint bound to `local`.
+pub(crate) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
+    let ips: Vec<IpAddr> = if local.ip().is_unspecified() {
+        // Bound to every interface: announce the loopback address; interface enumeration and
+        // reflexive addresses come with NAT traversal.
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    } else {
+        vec![local.ip()]
+    };
+    ips.into_iter()
+        .map(|ip| Candidate {
+            kind: CandidateKind::Host as i32,
+            address: Some(SocketAddress {
+                ip: ip.to_string(),
+                port: u32::from(local.port()),
+            }),
+            priority: 100,
+        })
+        .collect()
+}
+
+pub(crate) fn spawn(inner: Arc<Inner>, events: mpsc::Receiver<BrokerEvent>) {
+    tokio::spawn(pump(inner.clone(), events));
+    tokio::spawn(accept_loop(inner.clone()));
+    tokio::spawn(ticker(inner));
+}
+
+impl Inner {
+    /// Runs `f` on `user`'s state machine (creating it), returning its actions.
+    pub(crate) fn with_peer(
+        &self,
+        user: Uuid,
+        f: impl FnOnce(&mut Peer) -> Vec<Action>,
+    ) -> Vec<Action> {
+        let mut peers = lock(&self.peers);
+        let slot = peers
+            .entry(user)
+            .or_insert_with(|| Slot::new(self.config.connect_timeout));
+        f(&mut slot.peer)
+    }
+
+    pub(crate) fn is_connected(&self, user: Uuid) -> bool {
+        lock(&self.peers)
+            .get(&user)
+            .is_some_and(|slot| slot.peer.is_connected())
+    }
+
+    pub(crate) fn waiting_requests(&self) -> Vec<Uuid> {
+        lock(&self.peers)
+            .iter()
+            .filter(|(_, slot)| slot.peer.consent() == Consent::Incoming)
+            .map(|(user, _)| *user)
+            .collect()
+    }
+
+    pub(crate) fn stats(&self, user: Uuid) -> Option<PeerStats> {
+        let peers = lock(&self.peers);
+        let slot = peers.get(&user)?;
+        let state = if slot.peer.is_connected() {
+            ConnectionState::Connected
+        } else if slot.peer.is_idle() {
+            ConnectionState::Closed
+        } else {
+            ConnectionState::Connecting
+        };
+        let rtt = slot.conn.as_ref().map(|(_, c)| c.stats().rtt);
+        let path = slot.conn.as_ref().map(|_| Path::Direct);
+        Some(slot.counters.snapshot(state, path, rtt))
+    }
+
+    /// The members of this user's room (itself included), or `None` when it is in none; at most
+    /// [`ROOM_CACHE_TTL`] old (a game may fan out every frame; the broker rate-limits queries).
+    pub(crate) async fn room_members(&self) -> Result<Option<Vec<Uuid>>> {
+        if let Some((at, members)) = lock(&self.room_cache).clone()
+            && at.elapsed() < ROOM_CACHE_TTL
+        {
+            return Ok(members);
+        }
+        self.fresh_room_members().await
+    }
+
+    /// The members of this user's room, asked of the broker now.
+    pub(crate) async fn fresh_room_members(&self) -> Result<Option<Vec<Uuid>>> {
+        let presence = self.broker.room_presence().await?;
+        let members = (!presence.room_id.is_empty()).then(|| {
+            presence
+                .members
+                .iter()
+                .filter_map(|m| Uuid::try_parse(&m.user_id).ok())
+                .collect::<Vec<_>>()
+        });
+        *lock(&self.room_cache) = Some((Instant::now(), members.clone()));
+        Ok(members)
+    }
+
+    /// Carries out actions, waiting for broker answers; a refused Connect or Accept closes the
+    /// peer (the game also gets the state change) and is returned as the error.
+    pub(crate) async fn apply_now(
+        self: &Arc<Self>,
+        user: Uuid,
+        actions: Vec<Action>,
+    ) -> Result<()> {
+        let mut queue: VecDeque<Action> = actions.into();
+        let mut first_error = None;
+        while let Some(action) = queue.pop_front() {
+            let refused = match action {
+                Action::BrokerConnect => self.broker.connect(user).await.err(),
+                Action::BrokerAccept => self.broker.accept(user).await.err(),
+                Action::BrokerClose => {
+                    if let Err(error) = self.broker.close(user).await {
+                        tracing::debug!(%error, %user, "broker close failed; the pair ends when the broker forgets it");
+                    }
+                    None
+                }
+                other => {
+                    self.apply_local(user, other);
+                    None
+                }
+            };
+            if let Some(error) = refused {
+                queue.extend(self.with_peer(user, Peer::on_closed));
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Carries out actions in the background.
+    pub(crate) fn apply(self: &Arc<Self>, user: Uuid, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let needs_broker = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::BrokerConnect | Action::BrokerAccept | Action::BrokerClose
+            )
+        });
+        if needs_broker {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = inner.apply_now(user, actions).await {
+                    tracing::debug!(%error, %user, "a background connect was refused");
+                }
+            });
+        } else {
+            for action in actions {
+                self.apply_local(user, action);
+            }
+        }
+    }
+
+    /// The actions that need no broker round trip.
+    fn apply_local(self: &Arc<Self>, user: Uuid, action: Action) {
+        match action {
+            Action::Allow(fingerprint) => self.transport.allow(fingerprint),
+            Action::Disallow(fingerprint) => self.transport.disallow(fingerprint),
+            Action::Dial {
+                candidates,
+                fingerprint,
+            } => {
+                let at = lock(&self.peers).get(&user).and_then(|s| s.punch_at);
+                tokio::spawn(dial(self.clone(), user, candidates, fingerprint, at));
+            }
+            Action::CloseConnection => {
+                let mut peers = lock(&self.peers);
+                if let Some(slot) = peers.get_mut(&user)
+                    && let Some((_, conn)) = slot.conn.take()
+                {
+                    conn.close(0);
+                    slot.live.send_replace(None);
+                }
+            }
+            Action::StateChanged(state) => {
+                let _ = self
+                    .events_tx
+                    .send(NetEvent::ConnectionStateChanged { user, state });
+            }
+            Action::ConnectRequest => {
+                let _ = self.events_tx.send(NetEvent::PeerConnectRequest { user });
+            }
+            Action::BrokerConnect | Action::BrokerAccept | Action::BrokerClose => {
+                self.apply(user, vec![action]);
+            }
+        }
+    }
+
+    /// Hands a packet to the peer's connection (see `Net::send_packet`).
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        user: Uuid,
+        data: Bytes,
+        policy: SendPolicy,
+    ) -> Result<()> {
+        let lane = match policy {
+            SendPolicy::Unreliable => None,
+            SendPolicy::Reliable => Some(0),
+            SendPolicy::ReliableLane(lane) if lane < framing::LANES => Some(lane),
+            SendPolicy::ReliableLane(lane) => {
+                return Err(Error::InvalidArgument(format!(
+                    "lane {lane} does not exist (0 to {})",
+                    framing::LANES - 1
+                )));
+            }
+        };
+        let max = match lane {
+            None => framing::MAX_UNRELIABLE_PAYLOAD,
+            Some(_) => framing::MAX_RELIABLE_PAYLOAD,
+        };
+        if data.len() > max {
+            return Err(Error::PacketTooLarge {
+                size: data.len(),
+                max,
+            });
+        }
+        let mut peers = lock(&self.peers);
+        let slot = peers
+            .entry(user)
+            .or_insert_with(|| Slot::new(self.config.connect_timeout));
+        let implicit = if slot.peer.is_connected() {
+            Vec::new()
+        } else {
+            // Implicit connect: the first send to a user with no connection starts one.
+            slot.peer.connect()
+        };
+        let result = match lane {
+            None => {
+                self.send_unreliable(slot, data);
+                Ok(())
+            }
+            Some(lane) => self.send_reliable(user, slot, lane, data),
+        };
+        drop(peers);
+        self.apply(user, implicit);
+        result
+    }
+
+    fn send_unreliable(&self, slot: &mut Slot, data: Bytes) {
+        let counters = slot.counters.clone();
+        add(&counters.unreliable_sent, 1);
+        let Some((_, conn)) = slot.conn.clone() else {
+            add(&counters.dropped_not_connected, 1);
+            return;
+        };
+        slot.last_activity = Instant::now();
+        let fake = self.config.fake;
+        let (lost, twice) = if fake.loss > 0.0 || fake.duplicate > 0.0 {
+            let mut rng = lock(&self.rng);
+            (rng.unit() < fake.loss, rng.unit() < fake.duplicate)
+        } else {
+            (false, false)
+        };
+        let sequence = slot.sequence;
+        let len = data.len() as u64;
+        let datagram = Datagram::Unreliable {
+            sequence,
+            payload: data,
+        }
+        .encode();
+        if lost {
+            // Simulated loss happens "in the network": the peer sees the gap too.
+            slot.sequence = slot.sequence.wrapping_add(1);
+            add(&counters.dropped_fake, 1);
+            return;
+        }
+        if !fake.lag.is_zero() {
+            slot.sequence = slot.sequence.wrapping_add(1);
+            add(&counters.unreliable_bytes_sent, len);
+            tokio::spawn(async move {
+                tokio::time::sleep(fake.lag).await;
+                for _ in 0..if twice { 2 } else { 1 } {
+                    if conn.send_datagram(datagram.clone()).is_err() {
+                        add(&counters.dropped_queue_full, 1);
+                    }
+                }
+            });
+            return;
+        }
+        match conn.send_datagram(datagram.clone()) {
+            Ok(()) => {
+                slot.sequence = slot.sequence.wrapping_add(1);
+                add(&counters.unreliable_bytes_sent, len);
+                if twice {
+                    let _ = conn.send_datagram(datagram);
+                }
+            }
+            // Refused before it got a sequence number: counted here, not as a gap at the peer.
+            Err(DatagramError::QueueFull | DatagramError::TooLarge { .. }) => {
+                add(&counters.dropped_queue_full, 1);
+            }
+            Err(DatagramError::Closed) => add(&counters.dropped_not_connected, 1),
+        }
+    }
+
+    fn send_reliable(
+        self: &Arc<Self>,
+        user: Uuid,
+        slot: &mut Slot,
+        lane: u8,
+        data: Bytes,
+    ) -> Result<()> {
+        let len = data.len();
+        let buffered = slot.buffered.load(Ordering::Relaxed);
+        if buffered.saturating_add(len) > self.config.send_buffer_bytes {
+            return Err(Error::SendBufferFull);
+        }
+        let mut frame = BytesMut::with_capacity(framing::RELIABLE_HEADER + len);
+        frame.put_slice(&framing::frame_header(len));
+        frame.put_slice(&data);
+        let writer = slot.lanes[usize::from(lane)].get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(connection::lane_writer(
+                self.clone(),
+                user,
+                lane,
+                rx,
+                slot.live.subscribe(),
+                slot.buffered.clone(),
+                slot.counters.clone(),
+            ));
+            tx
+        });
+        if writer.send(frame.freeze()).is_err() {
+            return Err(Error::Closed);
+        }
+        slot.buffered.fetch_add(len, Ordering::Relaxed);
+        slot.last_activity = Instant::now();
+        add(&slot.counters.reliable_sent, 1);
+        Ok(())
+    }
+
+    pub(crate) fn ping(self: &Arc<Self>, user: Uuid) -> Result<u32> {
+        let mut peers = lock(&self.peers);
+        let Some(slot) = peers.get_mut(&user) else {
+            return Err(Error::NotConnected);
+        };
+        let Some((_, conn)) = slot.conn.clone() else {
+            return Err(Error::NotConnected);
+        };
+        let id = self.next_ping.fetch_add(1, Ordering::Relaxed);
+        conn.send_datagram(Datagram::Ping { id }.encode())
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        slot.pings.insert(id, Instant::now());
+        Ok(id)
+    }
+
+    /// A received datagram from `user`; returns the sequence number of an unreliable packet.
+    pub(crate) fn on_datagram(
+        self: &Arc<Self>,
+        user: Uuid,
+        conn: &Connection,
+        bytes: Bytes,
+    ) -> Option<u32> {
+        let mut peers = lock(&self.peers);
+        let slot = peers.get_mut(&user)?;
+        let counters = slot.counters.clone();
+        match Datagram::decode(bytes) {
+            Ok(Datagram::Unreliable { sequence, payload }) => {
+                slot.last_activity = Instant::now();
+                drop(peers);
+                add(&counters.unreliable_received, 1);
+                add(&counters.unreliable_bytes_received, payload.len() as u64);
+                let packet = Packet {
+                    sender: user,
+                    data: payload,
+                    policy: SendPolicy::Unreliable,
+                };
+                if self.inbox_tx.try_send(packet).is_err() {
+                    add(&counters.dropped_inbox_full, 1);
+                }
+                return Some(sequence);
+            }
+            Ok(Datagram::Ping { id }) => {
+                drop(peers);
+                let _ = conn.send_datagram(Datagram::Pong { id }.encode());
+            }
+            Ok(Datagram::Pong { id }) => {
+                if let Some(sent) = slot.pings.remove(&id) {
+                    let _ = self.events_tx.send(NetEvent::PingResult {
+                        user,
+                        ping_id: id,
+                        rtt: Some(sent.elapsed()),
+                    });
+                }
+            }
+            Err(error) => {
+                add(&counters.malformed, 1);
+                tracing::debug!(%error, %user, "dropping a malformed datagram");
+            }
+        }
+        None
+    }
+
+    /// A reliable packet arrived (waits while the game's inbox is full).
+    pub(crate) async fn on_reliable(
+        &self,
+        user: Uuid,
+        lane: u8,
+        data: Bytes,
+        counters: &Counters,
+    ) -> bool {
+        add(&counters.reliable_received, 1);
+        add(&counters.reliable_bytes_received, data.len() as u64);
+        if let Some(slot) = lock(&self.peers).get_mut(&user) {
+            slot.last_activity = Instant::now();
+        }
+        let policy = if lane == 0 {
+            SendPolicy::Reliable
+        } else {
+            SendPolicy::ReliableLane(lane)
+        };
+        self.inbox_tx
+            .send(Packet {
+                sender: user,
+                data,
+                policy,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// A QUIC connection with `user`'s pinned certificate is up (dialed or accepted).
+    fn attach(self: &Arc<Self>, user: Uuid, conn: Connection) {
+        let mut peers = lock(&self.peers);
+        let Some(slot) = peers.get_mut(&user) else {
+            conn.close(0);
+            return;
+        };
+        if slot.conn.is_some() {
+            // One connection per pair: keep the first.
+            conn.close(0);
+            return;
+        }
+        let actions = slot.peer.on_connection_up();
+        if actions.contains(&Action::CloseConnection) {
+            conn.close(0);
+            return;
+        }
+        slot.generation += 1;
+        let generation = slot.generation;
+        slot.conn = Some((generation, conn.clone()));
+        slot.last_activity = Instant::now();
+        slot.live.send_replace(Some((generation, conn.clone())));
+        let counters = slot.counters.clone();
+        drop(peers);
+        tokio::spawn(connection::serve(
+            self.clone(),
+            user,
+            generation,
+            conn,
+            counters,
+        ));
+        self.apply(user, actions);
+    }
+
+    /// The connection of generation `generation` with `user` ended.
+    pub(crate) fn connection_lost(self: &Arc<Self>, user: Uuid, generation: u64) {
+        let mut peers = lock(&self.peers);
+        let Some(slot) = peers.get_mut(&user) else {
+            return;
+        };
+        if slot.conn.as_ref().is_none_or(|(g, _)| *g != generation) {
+            return;
+        }
+        slot.conn = None;
+        slot.live.send_replace(None);
+        let actions = slot.peer.on_connection_down();
+        drop(peers);
+        self.apply(user, actions);
+    }
+
+    fn dial_failed(self: &Arc<Self>, user: Uuid) {
+        let actions = {
+            let mut peers = lock(&self.peers);
+            match peers.get_mut(&user) {
+                Some(slot) if slot.conn.is_none() => slot.peer.on_connection_down(),
+                _ => Vec::new(),
+            }
+        };
+        self.apply(user, actions);
+    }
+
+    /// One broker event.
+    async fn on_broker_event(self: &Arc<Self>, event: BrokerEvent) {
+        let (user, actions) = match event {
+            BrokerEvent::PeerConnectRequest { user } => {
+                let auto = self.auto_accept_room.load(Ordering::Relaxed)
+                    && self.is_room_member(user).await;
+                (user, self.with_peer(user, |p| p.on_request(auto)))
+            }
+            BrokerEvent::ConnectAccepted { user } => {
+                (user, self.with_peer(user, Peer::on_accepted))
+            }
+            BrokerEvent::ConnectRejected { user, .. } | BrokerEvent::PeerClosed { user, .. } => {
+                (user, self.with_peer(user, Peer::on_closed))
+            }
+            BrokerEvent::PeerInfo {
+                user,
+                fingerprint,
+                candidates,
+                ..
+            } => (
+                user,
+                self.with_peer(user, |p| {
+                    p.on_info(PeerInfo {
+                        fingerprint,
+                        candidates,
+                    })
+                }),
+            ),
+            BrokerEvent::PunchStart {
+                user,
+                candidates,
+                start_at,
+                dialer,
+            } => {
+                let mut peers = lock(&self.peers);
+                let slot = peers
+                    .entry(user)
+                    .or_insert_with(|| Slot::new(self.config.connect_timeout));
+                slot.punch_at = Some(start_at);
+                (user, slot.peer.on_punch(dialer, candidates, Instant::now()))
+            }
+            BrokerEvent::Attached { .. }
+            | BrokerEvent::Detached { .. }
+            | BrokerEvent::RelayGrant(_)
+            | BrokerEvent::Superseded => return,
+        };
+        self.apply(user, actions);
+    }
+
+    /// Whether `user` is in this user's room (asking the broker again when the cached members
+    /// do not include it: it may just have joined).
+    async fn is_room_member(&self, user: Uuid) -> bool {
+        if let Ok(Some(members)) = self.room_members().await
+            && members.contains(&user)
+        {
+            return true;
+        }
+        matches!(self.fresh_room_members().await, Ok(Some(members)) if members.contains(&user))
+    }
+
+    fn tick(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut work = Vec::new();
+        {
+            let mut peers = lock(&self.peers);
+            for (user, slot) in peers.iter_mut() {
+                let mut actions = slot.peer.on_tick(now);
+                if let Some(idle) = self.config.idle_timeout
+                    && slot.peer.is_connected()
+                    && now.duration_since(slot.last_activity) >= idle
+                    && slot.buffered.load(Ordering::Relaxed) == 0
+                {
+                    actions.extend(slot.peer.close());
+                }
+                slot.pings.retain(|id, sent| {
+                    let waiting = now.duration_since(*sent) < PING_TIMEOUT;
+                    if !waiting {
+                        let _ = self.events_tx.send(NetEvent::PingResult {
+                            user: *user,
+                            ping_id: *id,
+                            rtt: None,
+                        });
+                    }
+                    waiting
+                });
+                if !actions.is_empty() {
+                    work.push((*user, actions));
+                }
+            }
+            // Forget peers nothing is left of (their counters go with them).
+            peers.retain(|_, slot| {
+                !(slot.peer.is_idle()
+                    && slot.conn.is_none()
+                    && slot.buffered.load(Ordering::Relaxed) == 0
+                    && slot.lanes.iter().all(Option::is_none)
+                    && now.duration_since(slot.last_activity) > Duration::from_secs(600))
+            });
+        }
+        for (user, actions) in work {
+            self.apply(user, actions);
+        }
+    }
+}
+
+async fn pump(inner: Arc<Inner>, mut events: mpsc::Receiver<BrokerEvent>) {
+    loop {
+        let event = tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Some(event) => inner.on_broker_event(event).await,
+            None => return,
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    loop {
+        let conn = tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            conn = inner.transport.accept() => conn,
+        };
+        let Some(conn) = conn else {
+            return;
+        };
+        let fingerprint = conn.peer();
+        let user = lock(&inner.peers)
+            .iter()
+            .find(|(_, slot)| slot.peer.fingerprint() == Some(fingerprint))
+            .map(|(user, _)| *user);
+        match user {
+            Some(user) => inner.attach(user, conn),
+            None => conn.close(0),
+        }
+    }
+}
+
+async fn ticker(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => inner.tick(),
+        }
+    }
+}
+
+/// Dials `candidates` in order from the punch start time; the first pinned handshake wins.
+async fn dial(
+    inner: Arc<Inner>,
+    user: Uuid,
+    candidates: Vec<SocketAddr>,
+    fingerprint: [u8; 32],
+    at: Option<Instant>,
+) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+    for candidate in candidates {
+        let attempt = tokio::time::timeout(
+            inner.config.connect_timeout,
+            inner.transport.dial(candidate, fingerprint),
+        );
+        match attempt.await {
+            Ok(Ok(conn)) => {
+                inner.attach(user, conn);
+                return;
+            }
+            Ok(Err(error)) => tracing::debug!(%error, %user, %candidate, "dial failed"),
+            Err(_) => tracing::debug!(%user, %candidate, "dial timed out"),
+        }
+    }
+    inner.dial_failed(user);
+}
