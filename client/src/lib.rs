@@ -30,6 +30,8 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 pub mod broker;
+#[doc(hidden)]
+pub mod doc_support;
 pub mod error;
 pub mod net;
 pub mod rooms;

@@ -44,7 +44,13 @@ impl TestServer {
             Backend::Sqlite => None,
             Backend::Postgres => Some(TempDatabase::create().await?),
         };
-        let running = boot(data.path(), database.as_ref().map(TempDatabase::url), args).await;
+        let running = boot(
+            data.path(),
+            database.as_ref().map(TempDatabase::url),
+            "127.0.0.1:0",
+            args,
+        )
+        .await;
         Some(Self {
             addr: running.grpc_addr(),
             running: Some(running),
@@ -59,6 +65,7 @@ impl TestServer {
         let running = boot(
             self.data.path(),
             self.database.as_deref().map(TempDatabase::url),
+            "127.0.0.1:0",
             args,
         )
         .await;
@@ -107,14 +114,17 @@ impl TestServer {
         }
     }
 
-    /// Stops the server and starts a new one on the same data and database.
+    /// Stops the server and starts a new one on the same data, database and gRPC address (so
+    /// clients reconnect to the same URL).
     pub async fn restart(mut self, args: &[&str]) -> Self {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("rallyd stopped with an error");
         }
+        let listen = self.addr.to_string();
         let running = boot(
             self.data.path(),
             self.database.as_deref().map(TempDatabase::url),
+            &listen,
             args,
         )
         .await;
@@ -132,12 +142,12 @@ impl Drop for TestServer {
     }
 }
 
-async fn boot(data: &Path, database_url: Option<&str>, args: &[&str]) -> Running {
+async fn boot(data: &Path, database_url: Option<&str>, listen: &str, args: &[&str]) -> Running {
     let data_dir = data.display().to_string();
     let mut all = vec![
         "rallyd",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--relay-listen",
         "127.0.0.1:0",
         "--data-dir",

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
@@ -22,7 +21,6 @@ use rally_client::proto::rooms::v1::{
 };
 use rally_client::{Announcement, BrokerEvent, BrokerLink, Error, Rally, Session};
 use rally_e2e::{Backend, TestServer, on_both_backends};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::Receiver;
 use tonic::Code;
 use uuid::Uuid;
@@ -752,61 +750,12 @@ on_both_backends!(
 
 // ---- re-attaching across a restart ----
 
-/// A TCP proxy in front of `rallyd` whose target can change: a restarted server listens on a new
-/// port, and the client keeps its one URL.
-struct Proxy {
-    addr: SocketAddr,
-    target: Arc<Mutex<SocketAddr>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let target = Arc::new(Mutex::new(target));
-        let current = target.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let to = *current.lock().expect("target");
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(to).await else {
-                        return;
-                    };
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    // Whichever side ends first ends the connection.
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
-                        _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, target, task }
-    }
-
-    fn retarget(&self, to: SocketAddr) {
-        *self.target.lock().expect("target") = to;
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 async fn the_link_and_watches_resume_after_a_server_restart(backend: Backend) {
     let Some(server) = TestServer::start(backend).await else {
         return;
     };
-    let proxy = Proxy::start(server.addr()).await;
-    let rally = Rally::connect(&url(proxy.addr))
-        .await
-        .expect("connect through the proxy");
+    // A restarted server listens on the same address, so the client keeps its one URL.
+    let rally = Rally::connect(&url(server.addr())).await.expect("connect");
     let alice = device_session(&rally, "Alice").await;
     let bob = device_session(&rally, "Bob").await;
     let (a, mut a_events) = attach(&alice, 1, 4000).await;
@@ -828,7 +777,6 @@ async fn the_link_and_watches_resume_after_a_server_restart(backend: Backend) {
         .expect("watch");
 
     let server = server.restart(&[]).await;
-    proxy.retarget(server.addr());
 
     for (link, events) in [(&a, &mut a_events), (&b, &mut b_events)] {
         let BrokerEvent::Detached { reason } = next(events).await else {

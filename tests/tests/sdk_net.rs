@@ -598,3 +598,56 @@ async fn the_fake_network_drops_and_delays_what_it_is_told_to_and_counts_it() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traffic_goes_on_across_a_control_plane_restart_and_the_sdk_reattaches() {
+    let server = sqlite().await;
+    let a = client(&server, "ada").await;
+    let b = client(&server, "bob").await;
+    connect_pair(&a, &b).await;
+    let sender = {
+        let net = a.net.clone();
+        let to = b.user;
+        tokio::spawn(async move {
+            for i in 0..2_000u32 {
+                net.send_packet(to, payload(i, 300), SendPolicy::Reliable)
+                    .expect("send");
+                if i.is_multiple_of(50) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let server = server.restart(&[]).await;
+    for i in 0..2_000u32 {
+        assert_eq!(packet(&b.net).await.data, payload(i, 300), "packet {i}");
+    }
+    sender.await.expect("sender");
+    assert!(a.net.is_connected(b.user));
+    // Ada's SDK attached again by itself: a newcomer's request reaches her.
+    let c = client(&server, "cy").await;
+    let request = async {
+        loop {
+            match c.net.connect(a.user).await {
+                Ok(()) => return,
+                // Ada may not be attached again yet.
+                Err(Error::Broker {
+                    code: rally_proto::broker::v1::ErrorCode::UserOffline,
+                    ..
+                }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("connect: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, request)
+        .await
+        .expect("Ada re-attached");
+    loop {
+        if let NetEvent::PeerConnectRequest { user } = event(&a.net).await {
+            assert_eq!(user, c.user);
+            break;
+        }
+    }
+}

@@ -180,6 +180,19 @@ impl std::fmt::Debug for Net {
 impl Net {
     /// Binds the QUIC endpoint, attaches to the broker (announcing this client's certificate
     /// fingerprint and addresses) and starts serving. Must run inside a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// use rally_client::net::{Net, NetConfig};
+    /// let session = rally_client::Rally::connect(&url)
+    ///     .await?
+    ///     .device_login("doc-example-device-0001", "Ada")
+    ///     .await?;
+    /// let net = Net::start(&session, NetConfig::default()).await?;
+    /// assert_eq!(net.user_id(), session.user_id());
+    /// # Ok(()) }
+    /// ```
     pub async fn start(session: &Session, config: NetConfig) -> Result<Net> {
         let transport = rally_quic::Transport::bind(config.transport.clone())
             .map_err(|e| Error::Transport(e.to_string()))?;
@@ -225,6 +238,21 @@ impl Net {
     /// Asks `user` for a connection (`ovr_Net_Connect`). A
     /// [`NetEvent::ConnectionStateChanged`] follows (`Connected`, or `Closed` if refused). Errors
     /// when the broker refuses at once (the user is offline or unknown, for example).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// use rally_client::net::{ConnectionState, NetEvent};
+    /// # let (_, ada) = rally_client::doc_support::client(&url, "ada").await?;
+    /// # let (_, bob) = rally_client::doc_support::client(&url, "bob").await?;
+    /// ada.connect(bob.user_id()).await?;
+    /// // Bob's game sees the request and accepts it...
+    /// # loop { if let Some(NetEvent::PeerConnectRequest { .. }) = bob.next_event().await { break; } }
+    /// bob.accept(ada.user_id()).await?;
+    /// // ...and Ada's sees the connection come up.
+    /// rally_client::doc_support::wait_for(&ada, bob.user_id(), ConnectionState::Connected).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(&self, user: Uuid) -> Result<()> {
         self.check_peer(user)?;
         let actions = self.inner.with_peer(user, |peer| peer.connect());
@@ -232,6 +260,22 @@ impl Net {
     }
 
     /// Accepts `user`'s connect request (`ovr_Net_Accept`).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// use rally_client::net::NetEvent;
+    /// # let (_, ada) = rally_client::doc_support::client(&url, "ada").await?;
+    /// # let (_, bob) = rally_client::doc_support::client(&url, "bob").await?;
+    /// # ada.connect(bob.user_id()).await?;
+    /// while let Some(event) = bob.next_event().await {
+    ///     if let NetEvent::PeerConnectRequest { user } = event {
+    ///         bob.accept(user).await?;
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn accept(&self, user: Uuid) -> Result<()> {
         self.check_peer(user)?;
         let actions = self.inner.with_peer(user, |peer| peer.accept());
@@ -241,6 +285,23 @@ impl Net {
     /// From now on, accepts connect requests from members of the current room without asking
     /// the game (`ovr_Net_AcceptForCurrentRoom`); also accepts those already waiting. `false` when
     /// this user is in no room.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (sessions, nets) = rally_client::doc_support::room_of_three(&url).await?;
+    /// let net = &nets[1];
+    /// assert!(net.accept_for_current_room().await?);
+    /// // Requests from the room's members are now accepted without asking the game.
+    /// nets[0].connect(sessions[1].user_id()).await?;
+    /// rally_client::doc_support::wait_for(
+    ///     net,
+    ///     sessions[0].user_id(),
+    ///     rally_client::net::ConnectionState::Connected,
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn accept_for_current_room(&self) -> Result<bool> {
         let Some(members) = self.inner.fresh_room_members().await? else {
             return Ok(false);
@@ -257,12 +318,37 @@ impl Net {
     }
 
     /// Whether packets flow with `user` right now (`ovr_Net_IsConnected`).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// assert!(net.is_connected(peer.user_id()));
+    /// # Ok(()) }
+    /// ```
     pub fn is_connected(&self, user: Uuid) -> bool {
         self.inner.is_connected(user)
     }
 
     /// Measures the round trip to a connected peer (`ovr_Net_Ping`); the result comes as
     /// [`NetEvent::PingResult`] with the returned id.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// use rally_client::net::NetEvent;
+    /// let id = net.ping(peer.user_id())?;
+    /// while let Some(event) = net.next_event().await {
+    ///     if let NetEvent::PingResult { ping_id, rtt, .. } = event
+    ///         && ping_id == id
+    ///     {
+    ///         println!("round trip: {rtt:?}");
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn ping(&self, user: Uuid) -> Result<u32> {
         self.inner.ping(user)
     }
@@ -273,6 +359,18 @@ impl Net {
     /// [`MAX_RELIABLE_PAYLOAD`](framing::MAX_RELIABLE_PAYLOAD) bytes or an unreliable one larger
     /// than [`MAX_UNRELIABLE_PAYLOAD`](framing::MAX_UNRELIABLE_PAYLOAD), and says when the
     /// reliable send buffer is full ([`Error::SendBufferFull`]).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// use rally_client::net::SendPolicy;
+    /// net.send_packet(peer.user_id(), &b"fire!"[..], SendPolicy::Reliable)?;
+    /// net.send_packet(peer.user_id(), vec![0u8; 1200], SendPolicy::Unreliable)?;
+    /// let packet = peer.recv().await.expect("a packet");
+    /// assert_eq!(packet.sender, net.user_id());
+    /// # Ok(()) }
+    /// ```
     pub fn send_packet(
         &self,
         user: Uuid,
@@ -287,6 +385,22 @@ impl Net {
     /// (`ovr_Net_SendPacketToCurrentRoom`). `false` when this user is in no room. The membership
     /// is asked of the broker at most twice a second, so a member who just joined or left may
     /// be missed or included for that long.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// use rally_client::net::SendPolicy;
+    /// # let (_sessions, nets) = rally_client::doc_support::room_of_three(&url).await?;
+    /// for net in &nets[1..] {
+    ///     net.accept_for_current_room().await?;
+    /// }
+    /// // One call: a packet to each other member, peer to peer (connecting as needed).
+    /// assert!(nets[0].send_packet_to_current_room(&b"round starts"[..], SendPolicy::Reliable).await?);
+    /// for net in &nets[1..] {
+    ///     assert_eq!(&net.recv().await.expect("a packet").data[..], b"round starts");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn send_packet_to_current_room(
         &self,
         data: impl Into<Bytes>,
@@ -303,11 +417,34 @@ impl Net {
     }
 
     /// The next received packet, if one is waiting (`ovr_Net_ReadPacket`; never blocks).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// # peer.send_packet(net.user_id(), &b"hi"[..], rally_client::net::SendPolicy::Reliable)?;
+    /// # tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    /// // Once a frame: everything that arrived, without waiting.
+    /// while let Some(packet) = net.read_packet() {
+    ///     println!("{} bytes from {}", packet.data.len(), packet.sender);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn read_packet(&self) -> Option<Packet> {
         self.inner.inbox_rx.try_lock().ok()?.try_recv().ok()
     }
 
     /// The next received packet, waiting for one; `None` after [`Net::shutdown`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// # peer.send_packet(net.user_id(), &b"hi"[..], rally_client::net::SendPolicy::Reliable)?;
+    /// let packet = net.recv().await.expect("net is running");
+    /// assert_eq!(&packet.data[..], b"hi");
+    /// # Ok(()) }
+    /// ```
     pub async fn recv(&self) -> Option<Packet> {
         let mut inbox = self.inner.inbox_rx.lock().await;
         tokio::select! {
@@ -317,6 +454,15 @@ impl Net {
     }
 
     /// Closes the connection with `user` (`ovr_Net_Close`), or refuses its request.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// net.close(peer.user_id()).await?;
+    /// assert!(!net.is_connected(peer.user_id()));
+    /// # Ok(()) }
+    /// ```
     pub async fn close(&self, user: Uuid) -> Result<()> {
         self.check_peer(user)?;
         let actions = self.inner.with_peer(user, |peer| peer.close());
@@ -326,6 +472,14 @@ impl Net {
     /// Closes the connections with every other member of the current room
     /// (`ovr_Net_CloseForCurrentRoom`) and stops accepting them automatically. `false` when this
     /// user is in no room.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (_sessions, nets) = rally_client::doc_support::room_of_three(&url).await?;
+    /// assert!(nets[0].close_for_current_room().await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn close_for_current_room(&self) -> Result<bool> {
         let Some(members) = self.inner.fresh_room_members().await? else {
             return Ok(false);
@@ -340,11 +494,38 @@ impl Net {
     }
 
     /// The next notification, if one is waiting (for game loops that pump once a frame).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// use rally_client::net::NetEvent;
+    /// # net.ping(peer.user_id())?;
+    /// # tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    /// // Once a frame:
+    /// while let Some(event) = net.poll_event() {
+    ///     match event {
+    ///         NetEvent::PeerConnectRequest { user } => net.accept(user).await?,
+    ///         other => println!("{other:?}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn poll_event(&self) -> Option<NetEvent> {
         self.inner.events_rx.try_lock().ok()?.try_recv().ok()
     }
 
     /// The next notification, waiting for one; `None` after [`Net::shutdown`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// # net.ping(peer.user_id())?;
+    /// let event = net.next_event().await.expect("net is running");
+    /// println!("{event:?}");
+    /// # Ok(()) }
+    /// ```
     pub async fn next_event(&self) -> Option<NetEvent> {
         let mut events = self.inner.events_rx.lock().await;
         tokio::select! {
@@ -354,12 +535,30 @@ impl Net {
     }
 
     /// The connection's figures with `user`, if there ever was one.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// let stats = net.stats(peer.user_id()).expect("a peer");
+    /// println!("rtt {:?}, unreliable lost {}", stats.rtt, stats.unreliable_lost);
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self, user: Uuid) -> Option<PeerStats> {
         self.inner.stats(user)
     }
 
     /// Closes every connection, detaches from the broker and stops. P2P connections end; the
     /// session stays signed in.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// net.shutdown();
+    /// assert!(net.recv().await.is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.broker.shutdown();
