@@ -97,6 +97,9 @@ pub struct Peer {
     link: Link,
     /// The state last reported to the game (`None`: never reported).
     reported: Option<ConnectionState>,
+    /// A renewal of an agreed pair was asked of the broker and no punch followed yet (so a game
+    /// that keeps sending does not ask again for every packet).
+    renewing: bool,
     connect_timeout: Duration,
 }
 
@@ -108,6 +111,7 @@ impl Peer {
             info: None,
             link: Link::Down,
             reported: None,
+            renewing: false,
             connect_timeout,
         }
     }
@@ -159,7 +163,8 @@ impl Peer {
             Consent::Requested => {}
             // Agreed but not connected (lost, or never made): ask the broker to renew the
             // agreement, which sends both sides a new punch.
-            Consent::Agreed if self.link == Link::Down => {
+            Consent::Agreed if self.link == Link::Down && !self.renewing => {
+                self.renewing = true;
                 actions.push(Action::BrokerConnect);
                 self.report(ConnectionState::Connecting, &mut actions);
             }
@@ -195,6 +200,7 @@ impl Peer {
 
     fn end(&mut self, state: ConnectionState, actions: &mut Vec<Action>) {
         self.consent = Consent::None;
+        self.renewing = false;
         if self.link != Link::Down {
             actions.push(Action::CloseConnection);
             self.link = Link::Down;
@@ -266,6 +272,7 @@ impl Peer {
         if self.consent != Consent::Agreed || self.link == Link::Up {
             return actions;
         }
+        self.renewing = false;
         self.link = Link::Punching {
             dialer,
             until: now + self.connect_timeout,
@@ -299,6 +306,7 @@ impl Peer {
         let mut actions = Vec::new();
         let was = self.link;
         self.link = Link::Down;
+        self.renewing = false;
         match was {
             Link::Up => self.report(ConnectionState::Closed, &mut actions),
             Link::Punching { .. } => self.report(ConnectionState::Timeout, &mut actions),
@@ -409,6 +417,22 @@ mod tests {
                 Action::StateChanged(ConnectionState::Connecting)
             ],
             "a later connect renews the agreement"
+        );
+        assert!(
+            peer.connect().is_empty(),
+            "a game sending every frame renews once, not once a packet"
+        );
+        peer.on_punch(false, Vec::new(), now + T);
+        assert_eq!(
+            peer.on_tick(now + T * 2),
+            vec![Action::StateChanged(ConnectionState::Timeout)]
+        );
+        assert_eq!(
+            peer.connect(),
+            vec![
+                Action::BrokerConnect,
+                Action::StateChanged(ConnectionState::Connecting)
+            ]
         );
     }
 
