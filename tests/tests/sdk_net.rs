@@ -651,3 +651,25 @@ async fn traffic_goes_on_across_a_control_plane_restart_and_the_sdk_reattaches()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_network_can_duplicate_unreliable_packets() {
+    let server = sqlite().await;
+    let mut config = loopback_config();
+    config.fake.duplicate = 1.0;
+    let a = client_with(&server, "ada", config).await;
+    let b = client(&server, "bob").await;
+    connect_pair(&a, &b).await;
+    for i in 0..50u32 {
+        a.net
+            .send_packet(b.user, payload(i, 100), SendPolicy::Unreliable)
+            .expect("send");
+    }
+    // More packets arrive than were sent: every one went twice.
+    let mut received = 0;
+    while received <= 50 {
+        let got = packet(&b.net).await;
+        assert_eq!(got.sender, a.user);
+        received += 1;
+    }
+}
