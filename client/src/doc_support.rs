@@ -39,7 +39,9 @@ pub async fn client(url: &str, name: &str) -> Result<(Session, Net)> {
         .await?
         .device_login(&format!("doc-{name}-{}", Uuid::new_v4().simple()), name)
         .await?;
-    let net = Net::start(&session, NetConfig::default()).await?;
+    let mut config = NetConfig::default();
+    config.transport.bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let net = Net::start(&session, config).await?;
     Ok((session, net))
 }
 

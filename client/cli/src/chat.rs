@@ -17,6 +17,9 @@ pub(crate) struct ChatArgs {
     /// The server, `http://host:port`.
     #[arg(long, default_value = "http://127.0.0.1:7370")]
     server: String,
+    /// The local UDP address for peer-to-peer traffic (every interface by default).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: std::net::SocketAddr,
     /// Your name (also picks a stable device account on this machine).
     #[arg(long)]
     user: String,
@@ -53,7 +56,9 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
             .context("joining the room")?;
         args.room.clone()
     };
-    let net = Net::start(&session, NetConfig::default()).await?;
+    let mut config = NetConfig::default();
+    config.transport.bind = args.bind;
+    let net = Net::start(&session, config).await?;
     net.accept_for_current_room().await?;
     let mut names: HashMap<Uuid, String> = HashMap::new();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

@@ -16,6 +16,9 @@ pub(crate) struct PingArgs {
     /// The server, `http://host:port`.
     #[arg(long, default_value = "http://127.0.0.1:7370")]
     server: String,
+    /// The local UDP address for peer-to-peer traffic (every interface by default).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: std::net::SocketAddr,
     /// Your name (picks a stable device account on this machine).
     #[arg(long)]
     user: String,
@@ -32,7 +35,9 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
         .device_login(&format!("rally-ping-device-{}", args.user), &args.user)
         .await
         .context("signing in")?;
-    let net = Net::start(&session, NetConfig::default()).await?;
+    let mut config = NetConfig::default();
+    config.transport.bind = args.bind;
+    let net = Net::start(&session, config).await?;
     net.connect(args.peer).await?;
     let connected = tokio::time::timeout(Duration::from_secs(30), async {
         loop {

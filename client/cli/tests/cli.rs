@@ -9,6 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// Tests stay on loopback.
+const LOOPBACK: &str = "127.0.0.1:0";
 
 async fn server(data: &tempfile::TempDir) -> rallyd::Running {
     let data = data.path().display().to_string();
@@ -59,7 +61,9 @@ async fn two_chat_processes_talk_peer_to_peer() {
     let data = tempfile::tempdir().expect("tempdir");
     let running = server(&data).await;
     let url = format!("http://{}", running.grpc_addr());
-    let mut ada = rally(&["chat", "--server", &url, "--user", "ada", "--room", "new"]);
+    let mut ada = rally(&[
+        "chat", "--server", &url, "--bind", LOOPBACK, "--user", "ada", "--room", "new",
+    ]);
     let mut ada_out = BufReader::new(ada.stdout.take().expect("stdout")).lines();
     let created = line_with(&mut ada_out, "created room").await;
     let room = created
@@ -68,7 +72,9 @@ async fn two_chat_processes_talk_peer_to_peer() {
         .expect("the room id")
         .to_owned();
     line_with(&mut ada_out, "chatting in").await;
-    let mut bob = rally(&["chat", "--server", &url, "--user", "bob", "--room", &room]);
+    let mut bob = rally(&[
+        "chat", "--server", &url, "--bind", LOOPBACK, "--user", "bob", "--room", &room,
+    ]);
     let mut bob_out = BufReader::new(bob.stdout.take().expect("stdout")).lines();
     line_with(&mut bob_out, "chatting in").await;
     let mut bob_in = bob.stdin.take().expect("stdin");
@@ -101,9 +107,9 @@ async fn ping_reports_round_trips_to_a_peer_that_accepts() {
         .device_login("cli-test-peer-0123456789", "peer")
         .await
         .expect("login");
-    let net = Net::start(&session, NetConfig::default())
-        .await
-        .expect("net");
+    let mut config = NetConfig::default();
+    config.transport.bind = LOOPBACK.parse().expect("address");
+    let net = Net::start(&session, config).await.expect("net");
     let accepting = {
         let net = net.clone();
         tokio::spawn(async move {

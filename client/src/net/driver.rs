@@ -108,15 +108,48 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The addresses announced as host candidates for a QUIC endpoint bound to `local`.
+/// The addresses announced as host candidates for a QUIC endpoint bound to `local`: that address
+/// itself, or, for an endpoint bound to every interface, each interface's address of the same
+/// family.
 pub(crate) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
-    let ips: Vec<IpAddr> = if local.ip().is_unspecified() {
-        // Bound to every interface: announce the loopback address; interface enumeration and
-        // reflexive addresses come with NAT traversal.
-        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    let interfaces: Vec<IpAddr> = if local.ip().is_unspecified() {
+        match if_addrs::get_if_addrs() {
+            Ok(interfaces) => interfaces.into_iter().map(|i| i.ip()).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot list network interfaces; announcing loopback only");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    candidates_for(local, &interfaces)
+}
+
+/// Host candidates for `local` given the interfaces' addresses (pure, for tests): routable
+/// addresses first, loopback last; IPv6 link-local addresses are left out (they need a zone,
+/// which a candidate cannot carry); at most the broker's 16.
+fn candidates_for(local: SocketAddr, interfaces: &[IpAddr]) -> Vec<Candidate> {
+    let mut ips: Vec<IpAddr> = if local.ip().is_unspecified() {
+        interfaces
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() == local.is_ipv4())
+            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+            .collect()
     } else {
         vec![local.ip()]
     };
+    if ips.is_empty() {
+        ips.push(if local.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        });
+    }
+    ips.sort_by_key(IpAddr::is_loopback);
+    ips.dedup();
+    ips.truncate(16);
     ips.into_iter()
         .map(|ip| Candidate {
             kind: CandidateKind::Host as i32,
@@ -124,7 +157,7 @@ pub(crate) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
                 ip: ip.to_string(),
                 port: u32::from(local.port()),
             }),
-            priority: 100,
+            priority: if ip.is_loopback() { 10 } else { 100 },
         })
         .collect()
 }
@@ -768,4 +801,55 @@ async fn dial(
         }
     }
     inner.dial_failed(user);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(candidates: &[Candidate]) -> Vec<String> {
+        candidates
+            .iter()
+            .filter_map(|c| c.address.as_ref().map(|a| format!("{}:{}", a.ip, a.port)))
+            .collect()
+    }
+
+    #[test]
+    fn a_specific_bind_address_is_the_only_candidate() {
+        let local: SocketAddr = "192.0.2.7:4000".parse().expect("address");
+        let interfaces = ["10.0.0.1".parse().expect("ip")];
+        assert_eq!(ips(&candidates_for(local, &interfaces)), ["192.0.2.7:4000"]);
+    }
+
+    #[test]
+    fn an_unspecified_bind_announces_every_interface_of_its_family_loopback_last() {
+        let local: SocketAddr = "0.0.0.0:4000".parse().expect("address");
+        let interfaces: Vec<IpAddr> = [
+            "127.0.0.1",
+            "fe80::1",
+            "192.168.1.20",
+            "2001:db8::5",
+            "10.1.2.3",
+        ]
+        .iter()
+        .map(|ip| ip.parse().expect("ip"))
+        .collect();
+        let candidates = candidates_for(local, &interfaces);
+        assert_eq!(
+            ips(&candidates),
+            ["192.168.1.20:4000", "10.1.2.3:4000", "127.0.0.1:4000"]
+        );
+        assert!(candidates[0].priority > candidates[2].priority);
+        let local6: SocketAddr = "[::]:4000".parse().expect("address");
+        assert_eq!(
+            ips(&candidates_for(local6, &interfaces)),
+            ["2001:db8::5:4000"]
+        );
+    }
+
+    #[test]
+    fn with_no_interface_known_loopback_is_announced() {
+        let local: SocketAddr = "0.0.0.0:4000".parse().expect("address");
+        assert_eq!(ips(&candidates_for(local, &[])), ["127.0.0.1:4000"]);
+    }
 }

@@ -189,7 +189,9 @@ impl Net {
     ///     .await?
     ///     .device_login("doc-example-device-0001", "Ada")
     ///     .await?;
-    /// let net = Net::start(&session, NetConfig::default()).await?;
+    /// let mut config = NetConfig::default();
+    /// config.transport.bind = "127.0.0.1:0".parse()?; // by default, every interface
+    /// let net = Net::start(&session, config).await?;
     /// assert_eq!(net.user_id(), session.user_id());
     /// # Ok(()) }
     /// ```
