@@ -244,9 +244,13 @@ impl Peer {
         actions
     }
 
-    /// The peer's identity and addresses (agreed pairs only).
+    /// The peer's identity and addresses (agreed pairs only). Ignored unless this side asked or
+    /// agreed: a PeerInfo still in flight when the game closed the pair must not re-open it.
     pub fn on_info(&mut self, info: PeerInfo) -> Vec<Action> {
         let mut actions = Vec::new();
+        if !matches!(self.consent, Consent::Requested | Consent::Agreed) {
+            return actions;
+        }
         self.consent = Consent::Agreed;
         if let Some(old) = &self.info
             && old.fingerprint != info.fingerprint
@@ -451,6 +455,20 @@ mod tests {
         assert!(peer.is_idle());
         // A punch for a closed pair does nothing.
         assert!(peer.on_punch(true, Vec::new(), Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn peer_info_arriving_after_a_close_is_ignored() {
+        let mut peer = Peer::new(T);
+        peer.connect();
+        peer.close();
+        assert!(peer.on_info(info(6)).is_empty());
+        assert!(peer.is_idle());
+        assert_eq!(peer.fingerprint(), None);
+        // Nor does it let a request the game has not accepted through.
+        peer.on_request(false);
+        assert!(peer.on_info(info(6)).is_empty());
+        assert_eq!(peer.consent(), Consent::Incoming);
     }
 
     #[test]
