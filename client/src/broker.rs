@@ -11,8 +11,25 @@
 //!
 //! Not here: punching, QUIC and relaying themselves (the data plane acts on these events).
 //!
-//! ```no_run
-//! # async fn demo(session: rally_client::Session, peer: uuid::Uuid) -> rally_client::Result<()> {
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (_dir, _server, url) = rally_client::doc_server!();
+//! # let rally = rally_client::Rally::connect(&url).await?;
+//! # let session = rally.device_login("doc-broker-ada-0123456789", "Ada").await?;
+//! # let bob = rally.device_login("doc-broker-bob-0123456789", "Bob").await?;
+//! # let peer = bob.user_id();
+//! # let (bob_link, mut bob_events) = rally_client::BrokerLink::attach(&bob, rally_client::Announcement {
+//! #     fingerprint: [1; 32], candidates: vec![],
+//! #     relay_policy: rally_client::proto::broker::v1::RelayPolicy::Fallback,
+//! #     nat_type: rally_client::proto::broker::v1::NatType::Unspecified,
+//! # }).await?;
+//! # tokio::spawn(async move {
+//! #     while let Some(event) = bob_events.recv().await {
+//! #         if let rally_client::BrokerEvent::PeerConnectRequest { user } = event {
+//! #             let _ = bob_link.accept(user).await;
+//! #         }
+//! #     }
+//! # });
 //! use rally_client::broker::{Announcement, BrokerEvent, BrokerLink};
 //! use rally_client::proto::broker::v1::{NatType, RelayPolicy};
 //!
@@ -28,6 +45,7 @@
 //!     match event {
 //!         BrokerEvent::PunchStart { user, candidates, start_at, dialer } => {
 //!             println!("punch toward {user} at {candidates:?} at {start_at:?}, dialing: {dialer}");
+//! #           break;
 //!         }
 //!         BrokerEvent::Superseded => break,
 //!         other => println!("{other:?}"),

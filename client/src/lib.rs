@@ -12,10 +12,11 @@
 //! The peer-to-peer data plane (QUIC between peers), built on these, is [`net`]. Every call
 //! answers with the one [`Error`] type.
 //!
-//! ```no_run
-//! # async fn demo() -> rally_client::Result<()> {
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (_dir, _server, url) = rally_client::doc_server!();
 //! use rally_client::Rally;
-//! let rally = Rally::connect("http://127.0.0.1:7370").await?;
+//! let rally = Rally::connect(&url).await?; // e.g. "http://127.0.0.1:7370"
 //! let session = rally.device_login("my-device-0123456789", "Ada").await?;
 //! let room = session.rooms().current_room().await?;
 //! println!("{} is in {:?}", session.display_name(), room.map(|r| r.room_id));
@@ -55,9 +56,10 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 ///
 /// The channel reconnects by itself when the connection drops.
 ///
-/// ```no_run
-/// # async fn demo() -> rally_client::Result<()> {
-/// let channel = rally_client::connect("http://127.0.0.1:7370").await?;
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_dir, _server, url) = rally_client::doc_server!();
+/// let channel = rally_client::connect(&url).await?; // e.g. "http://127.0.0.1:7370"
 /// # drop(channel); Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Channel> {
@@ -79,10 +81,13 @@ pub async fn connect(url: &str) -> Result<Channel> {
 ///
 /// A [`Session`]'s [`Authorized`] does the same with a token that refreshes itself; prefer it.
 ///
-/// ```no_run
-/// # async fn demo(access_token: &str) -> rally_client::Result<()> {
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_dir, _server, url) = rally_client::doc_server!();
+/// # let session = rally_client::Rally::connect(&url).await?.device_login("doc-bearer-0123456789", "Ada").await?;
+/// # let access_token = &session.access_token();
 /// use rally_client::proto::identity::v1::{identity_client::IdentityClient, GetAccountRequest};
-/// let channel = rally_client::connect("http://127.0.0.1:7370").await?;
+/// let channel = rally_client::connect(&url).await?;
 /// let mut identity = IdentityClient::with_interceptor(channel, rally_client::Bearer::new(access_token)?);
 /// let account = identity.get_account(GetAccountRequest {}).await?;
 /// # drop(account); Ok(()) }

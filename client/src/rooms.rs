@@ -58,8 +58,11 @@ impl Session {
 
 /// `rally.rooms.v1.Rooms` as the session's user.
 ///
-/// ```no_run
-/// # async fn demo(session: rally_client::Session) -> rally_client::Result<()> {
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_dir, _server, url) = rally_client::doc_server!();
+/// # let rally = rally_client::Rally::connect(&url).await?;
+/// # let session = rally.device_login("doc-rooms-ada-0123456789", "Ada").await?;
 /// use futures::StreamExt;
 /// use rally_client::proto::rooms::v1::CreateRoomRequest;
 /// let rooms = session.rooms();
@@ -69,8 +72,11 @@ impl Session {
 ///     .room
 ///     .expect("a room");
 /// let mut watch = rooms.watch(&room.room_id, Some(room.sequence)).await?;
+/// # let bob = rally.device_login("doc-rooms-bob-0123456789", "Bob").await?;
+/// # bob.rooms().join_room(&room.room_id).await?;
 /// while let Some(message) = watch.next().await {
 ///     println!("{:?}", message?);
+/// #   break;
 /// }
 /// # Ok(()) }
 /// ```
@@ -174,8 +180,13 @@ impl Rooms {
 
 /// `rally.rooms.v1.Matchmaking` as the session's user.
 ///
-/// ```no_run
-/// # async fn demo(session: rally_client::Session) -> rally_client::Result<()> {
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_dir, _server, url) = rally_client::doc_server!();
+/// # let rally = rally_client::Rally::connect(&url).await?;
+/// # let session = rally.device_login("doc-match-ada-0123456789", "Ada").await?;
+/// # let bob = rally.device_login("doc-match-bob-0123456789", "Bob").await?;
+/// # bob.matchmaking().enqueue(rally_client::proto::rooms::v1::EnqueueRequest { pool: "default".into(), ..Default::default() }).await?;
 /// use futures::StreamExt;
 /// use rally_client::proto::rooms::v1::{EnqueueRequest, TicketStatus};
 /// let matchmaking = session.matchmaking();
@@ -187,6 +198,7 @@ impl Rooms {
 ///     let ticket = ticket?;
 ///     if ticket.status() == TicketStatus::Matched {
 ///         println!("matched into {:?}", ticket.match_result.map(|m| m.room_id));
+/// #       break;
 ///     }
 /// }
 /// # Ok(()) }

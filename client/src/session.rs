@@ -45,10 +45,12 @@ const REFRESH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// An unauthenticated connection to `rallyd`, for signing in.
 ///
-/// ```no_run
-/// # async fn demo() -> rally_client::Result<()> {
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_dir, _server, url) = rally_client::doc_server!();
 /// use rally_client::Rally;
-/// let rally = Rally::connect("http://127.0.0.1:7370").await?;
+/// let rally = Rally::connect(&url).await?; // e.g. "http://127.0.0.1:7370"
+/// # rally.register("ada", "correct horse battery staple", "Ada").await?;
 /// let session = rally.login("ada", "correct horse battery staple").await?;
 /// println!("signed in as {}", session.user_id());
 /// # Ok(()) }
@@ -139,8 +141,10 @@ impl Rally {
 /// `rallyd`. Cheap to clone; the refresh task stops when the last clone is dropped or on
 /// [`Session::logout`].
 ///
-/// ```no_run
-/// # async fn demo(session: rally_client::Session) -> rally_client::Result<()> {
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_dir, _server, url) = rally_client::doc_server!();
+/// # let session = rally_client::Rally::connect(&url).await?.device_login("doc-session-0123456789", "Ada").await?;
 /// use rally_client::proto::identity::v1::{identity_client::IdentityClient, GetAccountRequest};
 /// let mut identity = IdentityClient::with_interceptor(session.channel(), session.authorized());
 /// let account = identity.get_account(GetAccountRequest {}).await?.into_inner();
@@ -278,11 +282,14 @@ impl Session {
 
 /// A tonic interceptor that adds `authorization: Bearer <current access token>` to every call.
 ///
-/// ```no_run
-/// # async fn demo(session: rally_client::Session) {
-/// use rally_client::proto::rooms::v1::rooms_client::RoomsClient;
-/// let rooms = RoomsClient::with_interceptor(session.channel(), session.authorized());
-/// # drop(rooms); }
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_dir, _server, url) = rally_client::doc_server!();
+/// # let session = rally_client::Rally::connect(&url).await?.device_login("doc-authorized-0123456789", "Ada").await?;
+/// use rally_client::proto::rooms::v1::{rooms_client::RoomsClient, GetCurrentRoomRequest};
+/// let mut rooms = RoomsClient::with_interceptor(session.channel(), session.authorized());
+/// rooms.get_current_room(GetCurrentRoomRequest {}).await?;
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct Authorized {
