@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rally_client::net::{ConnectionState, Net, NetConfig, NetEvent, Packet, SendPolicy};
+use rally_client::net::{ConnectionState, Net, NetConfig, NetEvent, Packet, PeerStats, SendPolicy};
 use rally_client::{Error, Rally, Session};
 use rally_e2e::{Backend, TestServer};
 use uuid::Uuid;
@@ -96,7 +96,7 @@ async fn connect_pair(a: &Client, b: &Client) {
     assert!(b.net.is_connected(a.user));
 }
 
-async fn create_room(server: &TestServer, owner: &Client, members: &[&Client]) -> String {
+async fn create_room(owner: &Client, members: &[&Client]) -> String {
     use rally_proto::rooms::v1::CreateRoomRequest;
     let room = owner
         .session
@@ -117,7 +117,6 @@ async fn create_room(server: &TestServer, owner: &Client, members: &[&Client]) -
             .await
             .expect("join");
     }
-    let _ = server;
     room.room_id
 }
 
@@ -236,7 +235,7 @@ async fn accept_for_current_room_auto_accepts_room_members_only() {
         !b.net.accept_for_current_room().await.expect("query"),
         "in no room yet"
     );
-    create_room(&server, &a, &[&b]).await;
+    create_room(&a, &[&b]).await;
     assert!(b.net.accept_for_current_room().await.expect("query"));
     // A room member is accepted without asking the game.
     a.net.connect(b.user).await.expect("connect");
@@ -268,7 +267,7 @@ async fn room_fan_out_reaches_every_other_member_exactly_once() {
         client(&server, "dee").await,
     ];
     let refs: Vec<&Client> = others.iter().collect();
-    create_room(&server, &a, &refs).await;
+    create_room(&a, &refs).await;
     for other in &others {
         assert!(other.net.accept_for_current_room().await.expect("query"));
     }
@@ -399,6 +398,36 @@ async fn a_full_size_unreliable_packet_sent_the_moment_the_connection_is_up_arri
     assert_eq!(got.policy, SendPolicy::Unreliable);
 }
 
+/// Sends unreliable markers from A to B until B's books balance with A's: every unreliable
+/// packet A handed over is received, counted lost, or counted as dropped locally. Losses after
+/// the last packet that arrived show as gaps only once a later one arrives, so each marker that
+/// arrives closes every gap before it. `settle` is how long to wait after each marker (longer
+/// than any lag A adds). Returns (A's stats of B, B's stats of A) once they balance.
+async fn balance_unreliable_books(
+    a: &Client,
+    b: &Client,
+    settle: Duration,
+) -> (PeerStats, PeerStats) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        while b.net.read_packet().is_some() {}
+        let sent = a.net.stats(b.user).expect("stats");
+        let seen = b.net.stats(a.user).expect("stats");
+        let local = sent.unreliable_dropped_not_connected + sent.unreliable_dropped_queue_full;
+        if sent.unreliable_sent == seen.unreliable_received + seen.unreliable_lost + local {
+            return (sent, seen);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "books never balanced: {sent:?} vs {seen:?}"
+        );
+        a.net
+            .send_packet(b.user, &b"marker"[..], SendPolicy::Unreliable)
+            .expect("marker");
+        tokio::time::sleep(settle).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_unreliable_packet_is_delivered_or_counted() {
     let server = sqlite().await;
@@ -413,32 +442,15 @@ async fn every_unreliable_packet_is_delivered_or_counted() {
             tokio::task::yield_now().await;
         }
     }
-    // Losses after the last packet that arrived show as gaps only once a later one arrives:
-    // send markers until the books balance (each marker that arrives closes every gap before it).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        while b.net.read_packet().is_some() {}
-        let sent = a.net.stats(b.user).expect("stats");
-        let seen = b.net.stats(a.user).expect("stats");
-        let local_drops =
-            sent.unreliable_dropped_not_connected + sent.unreliable_dropped_queue_full;
-        if sent.unreliable_sent == seen.unreliable_received + seen.unreliable_lost + local_drops {
-            assert!(seen.unreliable_received > 0);
-            println!(
-                "sent {} received {} lost {} dropped locally {}",
-                sent.unreliable_sent, seen.unreliable_received, seen.unreliable_lost, local_drops
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "books never balanced: {sent:?} vs {seen:?}"
-        );
-        a.net
-            .send_packet(b.user, &b"marker"[..], SendPolicy::Unreliable)
-            .expect("marker");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (sent, seen) = balance_unreliable_books(&a, &b, Duration::from_millis(20)).await;
+    assert!(seen.unreliable_received > 0);
+    println!(
+        "sent {} received {} lost {} dropped locally {}",
+        sent.unreliable_sent,
+        seen.unreliable_received,
+        seen.unreliable_lost,
+        sent.unreliable_dropped_not_connected + sent.unreliable_dropped_queue_full
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,32 +583,15 @@ async fn the_fake_network_drops_and_delays_what_it_is_told_to_and_counts_it() {
             tokio::task::yield_now().await;
         }
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        while b.net.read_packet().is_some() {}
-        let sent = a.net.stats(b.user).expect("stats");
-        let seen = b.net.stats(a.user).expect("stats");
-        let local = sent.unreliable_dropped_not_connected + sent.unreliable_dropped_queue_full;
-        if sent.unreliable_sent == seen.unreliable_received + seen.unreliable_lost + local {
-            // Simulated losses happen "in the network": the receiver counts them as lost.
-            assert!(sent.unreliable_dropped_fake > 0, "{sent:?}");
-            assert!(
-                seen.unreliable_lost >= sent.unreliable_dropped_fake,
-                "{seen:?}"
-            );
-            assert!(seen.unreliable_received > 0);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sent:?} vs {seen:?}"
-        );
-        a.net
-            .send_packet(b.user, &b"marker"[..], SendPolicy::Unreliable)
-            .expect("marker");
-        // Longer than the lag: the marker has arrived (or been dropped) before the next check.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    // Each marker waits out the 100 ms lag before the next check.
+    let (sent, seen) = balance_unreliable_books(&a, &b, Duration::from_millis(150)).await;
+    // Simulated losses happen "in the network": the receiver counts them as lost.
+    assert!(sent.unreliable_dropped_fake > 0, "{sent:?}");
+    assert!(
+        seen.unreliable_lost >= sent.unreliable_dropped_fake,
+        "{seen:?}"
+    );
+    assert!(seen.unreliable_received > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
