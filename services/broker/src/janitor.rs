@@ -14,6 +14,7 @@ use rally_store::broker::Presence;
 use rally_store::rooms::{LeaveReason, RoomError};
 
 use crate::Broker;
+use crate::signals::millis;
 
 /// Most detached users handled per sweep (the next sweep takes the rest).
 const SWEEP_LIMIT: u32 = 256;
@@ -61,7 +62,7 @@ impl Broker {
             tracing::warn!(%error, "could not record the broker heartbeat");
         }
         let silent_for = self.config.heartbeat_interval * SILENT_INTERVALS;
-        let silent_before = now.saturating_sub(i64::try_from(silent_for.as_millis()).unwrap_or(0));
+        let silent_before = now.saturating_sub(millis(silent_for));
         match self
             .stores
             .broker
@@ -81,8 +82,7 @@ impl Broker {
 
     /// Forgets users detached past the grace period.
     async fn sweep(&self) {
-        let grace = i64::try_from(self.config.detach_grace.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = now().saturating_sub(grace);
+        let cutoff = now().saturating_sub(millis(self.config.detach_grace));
         let expired = match self
             .stores
             .broker

@@ -406,11 +406,7 @@ impl Broker {
         let always = ann_a.relay_policy() == RelayPolicy::Always
             || ann_b.relay_policy() == RelayPolicy::Always;
         if always && pair.relay.is_none() && self.config.relay.is_some() {
-            let (for_low, for_high) = self.grant(&pair).await?;
-            pair.relay = Some(RelayAllocation {
-                id: allocation_of(&for_low),
-                expires_at: expiry_of(&for_low),
-            });
+            let (for_low, for_high) = self.grant(&mut pair).await?;
             self.notify(pair.low, Body::RelayGrant(for_low)).await;
             self.notify(pair.high, Body::RelayGrant(for_high)).await;
         }
@@ -478,7 +474,7 @@ impl Broker {
 
     /// Answers RequestRelayGrant: a grant for the caller (returned) and one for its peer (sent).
     async fn relay_grant(&self, me: Uuid, peer: Uuid) -> Result<Body, Refusal> {
-        let pair = match self.stores.broker.pair(me, peer).await.map_err(internal)? {
+        let mut pair = match self.stores.broker.pair(me, peer).await.map_err(internal)? {
             Some(pair) if pair.state == PairState::Agreed => pair,
             _ => {
                 return Err(Refusal::new(
@@ -497,7 +493,7 @@ impl Broker {
                 "a side of this pair never relays",
             ));
         }
-        let (for_low, for_high) = self.grant(&pair).await?;
+        let (for_low, for_high) = self.grant(&mut pair).await?;
         let (mine, theirs) = if me == pair.low {
             (for_low, for_high)
         } else {
@@ -508,8 +504,9 @@ impl Broker {
     }
 
     /// Signs a grant for the pair's allocation (a new one, or the same id with a later expiry),
-    /// records it, and returns the RelayGrant for the low and the high user.
-    async fn grant(&self, pair: &Pair) -> Result<(RelayGrant, RelayGrant), Refusal> {
+    /// records it (in the store and in `pair`), and returns the RelayGrant for the low and the
+    /// high user.
+    async fn grant(&self, pair: &mut Pair) -> Result<(RelayGrant, RelayGrant), Refusal> {
         let Some(relay) = &self.config.relay else {
             return Err(Refusal::new(
                 ErrorCode::RelayUnavailable,
@@ -520,17 +517,14 @@ impl Broker {
             .relay
             .map_or_else(|| Uuid::new_v4().into_bytes(), |r| r.id);
         let expires_at = now().saturating_add(millis(relay.grant_ttl));
+        let record = RelayAllocation {
+            id: allocation,
+            expires_at,
+        };
         let recorded = self
             .stores
             .broker
-            .set_relay(
-                pair.low,
-                pair.high,
-                RelayAllocation {
-                    id: allocation,
-                    expires_at,
-                },
-            )
+            .set_relay(pair.low, pair.high, record)
             .await
             .map_err(internal)?;
         if !recorded {
@@ -539,6 +533,7 @@ impl Broker {
                 "the pair ended meanwhile",
             ));
         }
+        pair.relay = Some(record);
         let token = Grant {
             key_id: relay.key.id,
             allocation,
@@ -622,17 +617,8 @@ fn accepted_by(peer: Uuid) -> AttachResponse {
     }
 }
 
-fn allocation_of(grant: &RelayGrant) -> [u8; 16] {
-    grant.allocation_id.as_slice().try_into().unwrap_or([0; 16])
-}
-
-fn expiry_of(grant: &RelayGrant) -> UnixMillis {
-    grant
-        .expires_at
-        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
-}
-
-fn millis(duration: std::time::Duration) -> UnixMillis {
+/// A duration in milliseconds, as the store's times are (saturating).
+pub(crate) fn millis(duration: std::time::Duration) -> UnixMillis {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
