@@ -16,7 +16,7 @@ use rally_proto::rooms::v1::watch_room_response::Payload;
 use rally_proto::rooms::v1::{
     CreateRoomRequest, GetRoomRequest, JoinRoomRequest, LeaveReason, WatchRoomRequest,
 };
-use rally_relay::wire::{self, Message};
+use rally_relay::wire::{self, Message, RespondFrom};
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::codec::Streaming;
@@ -1129,6 +1129,7 @@ async fn a_relay_keeps_accepting_grants_signed_with_an_older_secret() {
     wire::encode(
         &Message::BindingRequest {
             transaction: [9; 12],
+            respond_from: RespondFrom::Same,
         },
         &mut datagram,
     );

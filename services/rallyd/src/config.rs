@@ -56,9 +56,18 @@ pub struct Config {
     #[arg(long, env = "RALLY_LISTEN", default_value = "127.0.0.1:7370")]
     pub listen: SocketAddr,
 
-    /// UDP address of the relay and reflector.
-    #[arg(long, env = "RALLY_RELAY_LISTEN", default_value = "127.0.0.1:7371")]
-    pub relay_listen: SocketAddr,
+    /// UDP addresses of the relay and reflector, comma-separated (at most 16). The first carries
+    /// relay allocations. With several, a binding request may ask to be answered from another IP
+    /// or another port (so that clients can classify their NAT, RFC 5780-style): give two IPs,
+    /// one with two ports, e.g. `192.0.2.1:7371,198.51.100.1:7371,192.0.2.1:7372`. Use specific
+    /// IPs: an unspecified one (`0.0.0.0`) never counts as another IP.
+    #[arg(
+        long,
+        env = "RALLY_RELAY_LISTEN",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7371"
+    )]
+    pub relay_listen: Vec<SocketAddr>,
 
     /// Directory for the embedded database and the generated token-signing key.
     #[arg(long, env = "RALLY_DATA_DIR", default_value = "./rally-data")]
@@ -103,8 +112,8 @@ pub struct Config {
     pub relay_max_allocations: usize,
 
     /// UDP addresses at which clients reach the relay, comma-separated: the first carries relay
-    /// allocations, all are announced as reflectors. Default: the address this process's relay
-    /// bound (when it runs one; otherwise the broker offers no relay).
+    /// allocations, all are announced as reflectors. Default: every address this process's relay
+    /// bound, in `--relay-listen` order (when it runs one; otherwise the broker offers no relay).
     #[arg(long, env = "RALLY_RELAY_PUBLIC_ADDRESSES", value_delimiter = ',')]
     pub relay_public_addresses: Vec<SocketAddr>,
 
@@ -242,6 +251,7 @@ impl Config {
                 "--relay-grant-ttl-secs, --relay-max-bytes and --relay-max-bytes-per-second must be at least 1".into(),
             ));
         }
+        self.validate_relay_listen()?;
         if let Some(url) = &self.database_url
             && !(is_postgres_url(url) || url.starts_with("sqlite:"))
         {
@@ -249,6 +259,26 @@ impl Config {
                 "--database-url must start with postgres://, postgresql:// or sqlite: (got {})",
                 redact_url(url)
             )));
+        }
+        Ok(())
+    }
+
+    /// One to [`rally_relay::server::MAX_SOCKETS`] relay addresses, none twice (port 0, "any
+    /// free port", may repeat).
+    fn validate_relay_listen(&self) -> Result<(), RallydError> {
+        let count = self.relay_listen.len();
+        if count == 0 || count > rally_relay::server::MAX_SOCKETS {
+            return Err(RallydError::Config(format!(
+                "--relay-listen must name 1 to {} addresses (got {count})",
+                rally_relay::server::MAX_SOCKETS
+            )));
+        }
+        for (i, address) in self.relay_listen.iter().enumerate() {
+            if address.port() != 0 && self.relay_listen[..i].contains(address) {
+                return Err(RallydError::Config(format!(
+                    "--relay-listen names {address} twice"
+                )));
+            }
         }
         Ok(())
     }
@@ -362,7 +392,10 @@ mod tests {
     fn no_flags_means_every_service_on_loopback_with_local_data() {
         let config = parse(&[]);
         assert_eq!(config.listen, "127.0.0.1:7370".parse().expect("addr"));
-        assert_eq!(config.relay_listen, "127.0.0.1:7371".parse().expect("addr"));
+        assert_eq!(
+            config.relay_listen,
+            vec!["127.0.0.1:7371".parse().expect("addr")]
+        );
         assert_eq!(config.data_dir, PathBuf::from("./rally-data"));
         assert_eq!(
             config.services,
@@ -388,6 +421,24 @@ mod tests {
             vec![ServiceKind::Identity, ServiceKind::Broker]
         );
         assert!(Config::try_parse_from(["rallyd", "--services", "identity,nope"]).is_err());
+    }
+
+    #[test]
+    fn relay_listen_is_a_comma_separated_list_of_distinct_addresses() {
+        let mut config = parse(&["--relay-listen", "127.0.0.1:0,127.0.0.2:0,127.0.0.1:0"]);
+        config.validate().expect("port 0 may repeat");
+        assert_eq!(
+            config.relay_listen,
+            ["127.0.0.1:0", "127.0.0.2:0", "127.0.0.1:0"]
+                .map(|a| a.parse::<SocketAddr>().expect("addr"))
+        );
+        let mut twice = parse(&["--relay-listen", "127.0.0.1:7371,127.0.0.1:7371"]);
+        let err = twice.validate().expect_err("a duplicate").to_string();
+        assert!(err.contains("127.0.0.1:7371 twice"), "{err}");
+        let many = vec!["127.0.0.1:0"; rally_relay::server::MAX_SOCKETS + 1].join(",");
+        let mut too_many = parse(&["--relay-listen", &many]);
+        assert!(too_many.validate().is_err());
+        assert!(Config::try_parse_from(["rallyd", "--relay-listen", "127.0.0.1:1,nope"]).is_err());
     }
 
     #[test]

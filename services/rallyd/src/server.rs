@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rally_auth::{AuthLayer, KeyRing, PublicMethods, SigningKey, TokenIssuer, TokenVerifier};
 use rally_identity::{IdentityConfig, IdentityService, ThrottleConfig};
+use rally_relay::server::RelayServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -22,7 +23,7 @@ const MAX_CALLS_PER_CONNECTION: usize = 256;
 /// A running `rallyd`.
 pub struct Running {
     grpc_addr: SocketAddr,
-    relay_addr: Option<SocketAddr>,
+    relay: Option<RelayServer>,
     database: Database,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), RallydError>>,
@@ -34,9 +35,24 @@ impl Running {
         self.grpc_addr
     }
 
-    /// The UDP address of the relay and reflector, when the relay runs here.
+    /// The first UDP address of the relay and reflector (the one that carries allocations),
+    /// when the relay runs here.
     pub fn relay_addr(&self) -> Option<SocketAddr> {
-        self.relay_addr
+        self.relay.as_ref().map(RelayServer::local_addr)
+    }
+
+    /// Every UDP address of the relay and reflector, in `--relay-listen` order (the real ports
+    /// when configured with port 0); empty when the relay does not run here.
+    pub fn relay_addrs(&self) -> &[SocketAddr] {
+        self.relay
+            .as_ref()
+            .map(RelayServer::local_addrs)
+            .unwrap_or_default()
+    }
+
+    /// What the relay has done so far, when it runs here.
+    pub fn relay_counters(&self) -> Option<rally_relay::allocations::Counters> {
+        self.relay.as_ref().map(RelayServer::counters)
     }
 
     /// The database it runs on.
@@ -57,10 +73,17 @@ impl Running {
 
     /// Waits until the server has stopped (after a shutdown was started elsewhere).
     pub async fn wait(self) -> Result<(), RallydError> {
-        match self.task.await {
+        let result = match self.task.await {
             Ok(result) => result,
             Err(join) => Err(RallydError::Server(format!("server task failed: {join}"))),
+        };
+        if let Some(relay) = self.relay {
+            // The gRPC server has stopped (perhaps with an error, without a shutdown): so does
+            // the rest, the relay's loops as soon as the token is cancelled.
+            self.shutdown.cancel();
+            relay.wait().await;
         }
+        result
     }
 }
 
@@ -126,7 +149,7 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         ),
         false => None,
     };
-    let relay_addr = match config.runs(ServiceKind::Relay) {
+    let relay = match config.runs(ServiceKind::Relay) {
         true => Some(start_relay(&config, shutdown.clone()).await?),
         false => None,
     };
@@ -169,7 +192,13 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
     let broker = match (config.runs(ServiceKind::Broker), room_hub) {
         (true, Some(room_hub)) => {
             let broker = rally_broker::Broker::start(
-                broker_config(&config, relay_addr)?,
+                broker_config(
+                    &config,
+                    relay
+                        .as_ref()
+                        .map(RelayServer::local_addrs)
+                        .unwrap_or_default(),
+                )?,
                 rally_broker::BrokerStores {
                     broker: database.broker(),
                     identity: database.identity(),
@@ -281,20 +310,22 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
     tracing::info!("gRPC listening on {grpc_addr}");
     Ok(Running {
         grpc_addr,
-        relay_addr,
+        relay,
         database,
         shutdown,
         task,
     })
 }
 
-/// The broker's settings from the flags; `relay_addr` is this process's relay, if it runs one.
+/// The broker's settings from the flags; `relay_addrs` are the addresses of this process's relay
+/// (empty when it runs none), all announced as reflectors and the first carrying allocations
+/// unless `--relay-public-addresses` says otherwise.
 fn broker_config(
     config: &Config,
-    relay_addr: Option<SocketAddr>,
+    relay_addrs: &[SocketAddr],
 ) -> Result<rally_broker::BrokerConfig, RallydError> {
     let public: Vec<SocketAddr> = match config.relay_public_addresses.is_empty() {
-        true => relay_addr.into_iter().collect(),
+        true => relay_addrs.to_vec(),
         false => config.relay_public_addresses.clone(),
     };
     let relay = match public.first() {
@@ -318,18 +349,22 @@ fn broker_config(
     })
 }
 
-/// Binds and starts the relay; returns its address.
+/// Binds every `--relay-listen` address and starts the relay on them.
 async fn start_relay(
     config: &Config,
     shutdown: CancellationToken,
-) -> Result<SocketAddr, RallydError> {
+) -> Result<RelayServer, RallydError> {
     let key = crate::relay_secret::load_or_generate(&config.relay_secret_path())?;
-    let socket = tokio::net::UdpSocket::bind(config.relay_listen)
-        .await
-        .map_err(|source| RallydError::Io {
-            what: format!("binding relay address {}", config.relay_listen),
-            source,
-        })?;
+    let mut sockets = Vec::with_capacity(config.relay_listen.len());
+    for address in &config.relay_listen {
+        let socket = tokio::net::UdpSocket::bind(address)
+            .await
+            .map_err(|source| RallydError::Io {
+                what: format!("binding relay address {address}"),
+                source,
+            })?;
+        sockets.push(socket);
+    }
     let limits = rally_relay::allocations::RelayLimits {
         max_allocations: config.relay_max_allocations,
         ..Default::default()
@@ -340,15 +375,12 @@ async fn start_relay(
     }
     let relay = rally_relay::allocations::Relay::new(keys, limits);
     let server =
-        rally_relay::server::RelayServer::spawn(socket, relay, shutdown).map_err(|source| {
-            RallydError::Io {
-                what: "starting the relay".into(),
-                source,
-            }
+        RelayServer::spawn(sockets, relay, shutdown).map_err(|source| RallydError::Io {
+            what: "starting the relay".into(),
+            source,
         })?;
-    let addr = server.local_addr();
-    tracing::info!("relay listening on udp {addr}");
-    Ok(addr)
+    tracing::info!(addresses = ?server.local_addrs(), "relay listening on udp");
+    Ok(server)
 }
 
 /// The matchmaking pools from `--matchmaking-pools`, or the default pool.
@@ -399,4 +431,44 @@ fn load_keys(config: &Config) -> Result<(SigningKey, KeyRing), RallydError> {
     }
     tracing::info!(path = %path.display(), kid = key.kid(), accepted = ?ring.kids(), "token keys loaded");
     Ok((key, ring))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, args: &[&str]) -> Config {
+        let data_dir = dir.display().to_string();
+        let mut all = vec!["rallyd", "--data-dir", &data_dir];
+        all.extend_from_slice(args);
+        <Config as clap::Parser>::try_parse_from(all).expect("parse")
+    }
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter()
+            .map(|a| a.parse().expect("a literal address"))
+            .collect()
+    }
+
+    #[test]
+    fn the_broker_announces_every_relay_address_and_allocates_on_the_first() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bound = addrs(&["127.0.0.1:7371", "127.0.0.2:7371", "127.0.0.1:7372"]);
+        let broker = broker_config(&config(dir.path(), &[]), &bound).expect("broker config");
+        assert_eq!(broker.reflector_addresses, bound);
+        assert_eq!(broker.relay.map(|relay| relay.address), Some(bound[0]));
+
+        let public = addrs(&["203.0.113.1:7371", "203.0.113.2:7371"]);
+        let flags = [
+            "--relay-public-addresses",
+            "203.0.113.1:7371,203.0.113.2:7371",
+        ];
+        let broker = broker_config(&config(dir.path(), &flags), &bound).expect("broker config");
+        assert_eq!(broker.reflector_addresses, public, "public addresses win");
+        assert_eq!(broker.relay.map(|relay| relay.address), Some(public[0]));
+
+        let broker = broker_config(&config(dir.path(), &[]), &[]).expect("broker config");
+        assert!(broker.reflector_addresses.is_empty());
+        assert!(broker.relay.is_none(), "no relay here, none announced");
+    }
 }

@@ -7,12 +7,19 @@
 //! and rate (a token bucket). Nothing unverified ever creates state, so a flood of junk costs
 //! counters, not memory; the number of allocations is capped, and allocations end at their
 //! grant's expiry or after an idle period.
+//!
+//! The relay may listen on several addresses ([`Relay::set_listen_addresses`]) and is told which
+//! one each datagram arrived on. They share one allocation table; Allocate is answered and Data
+//! forwarded out of the address the datagram arrived on. Only a binding request may be answered
+//! from another address, when it asks for it ([`RespondFrom`]), so that a client can classify
+//! its NAT; when the relay has no such address it does not answer, and counts the request in
+//! [`Counters::bindings_unanswerable`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::grant::{Grant, GrantKey};
-use crate::wire::{self, Message, RefusedReason};
+use crate::wire::{self, Message, RefusedReason, RespondFrom};
 
 /// Limits of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +44,9 @@ impl Default for RelayLimits {
 pub struct Counters {
     /// Binding requests answered.
     pub bindings: u64,
+    /// Binding requests not answered because they asked to be answered from an address the
+    /// relay does not have (another IP, or another port on the same IP).
+    pub bindings_unanswerable: u64,
     /// Allocations created.
     pub allocations: u64,
     /// Datagrams forwarded.
@@ -65,6 +75,7 @@ struct Allocation {
 /// The relay's state; see the module docs.
 pub struct Relay {
     keys: Vec<GrantKey>,
+    listen: Vec<SocketAddr>,
     limits: RelayLimits,
     allocations: HashMap<[u8; 16], Allocation>,
     counters: Counters,
@@ -73,6 +84,9 @@ pub struct Relay {
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
+    /// Which of the relay's addresses to send it from: the one the datagram it answers or
+    /// forwards arrived on, except for a binding request that asked for another.
+    pub from: SocketAddr,
     /// Where to.
     pub to: SocketAddr,
     /// The bytes.
@@ -80,14 +94,30 @@ pub struct Outgoing {
 }
 
 impl Relay {
-    /// A relay accepting grants signed with any of `keys`.
+    /// A relay accepting grants signed with any of `keys`. It knows none of its listen addresses
+    /// until [`Relay::set_listen_addresses`], so until then it answers binding requests only from
+    /// the address they were sent to.
     pub fn new(keys: Vec<GrantKey>, limits: RelayLimits) -> Self {
         Self {
             keys,
+            listen: Vec::new(),
             limits,
             allocations: HashMap::new(),
             counters: Counters::default(),
         }
+    }
+
+    /// The addresses the relay listens on, from which a binding request may ask to be answered
+    /// ([`RespondFrom::OtherAddress`], [`RespondFrom::OtherPort`]). Give each socket's bound
+    /// address as it reports it: an address with an unspecified IP (`0.0.0.0`, `::`) never
+    /// counts as another IP, since the IP it sends from is the kernel's choice.
+    pub fn set_listen_addresses(&mut self, addresses: Vec<SocketAddr>) {
+        self.listen = addresses;
+    }
+
+    /// The addresses given to [`Relay::set_listen_addresses`].
+    pub fn listen_addresses(&self) -> &[SocketAddr] {
+        &self.listen
     }
 
     /// What has happened so far.
@@ -100,8 +130,15 @@ impl Relay {
         self.allocations.len()
     }
 
-    /// Handles one datagram from `from` at `now_ms`; returns what to send, if anything.
-    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8], now_ms: u64) -> Option<Outgoing> {
+    /// Handles one datagram that arrived on the relay's address `local` from `from` at `now_ms`;
+    /// returns what to send, and from which of the relay's addresses, if anything.
+    pub fn handle(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now_ms: u64,
+    ) -> Option<Outgoing> {
         let message = match wire::decode(datagram) {
             Ok(message) => message,
             Err(_) => {
@@ -110,9 +147,17 @@ impl Relay {
             }
         };
         match message {
-            Message::BindingRequest { transaction } => {
+            Message::BindingRequest {
+                transaction,
+                respond_from,
+            } => {
+                let Some(answer_from) = self.answering_address(local, respond_from) else {
+                    self.counters.bindings_unanswerable += 1;
+                    return None;
+                };
                 self.counters.bindings += 1;
                 Some(reply(
+                    answer_from,
                     from,
                     &Message::BindingResponse {
                         transaction,
@@ -120,11 +165,11 @@ impl Relay {
                     },
                 ))
             }
-            Message::Allocate { side, grant } => self.allocate(from, side, grant, now_ms),
+            Message::Allocate { side, grant } => self.allocate(local, from, side, grant, now_ms),
             Message::Data {
                 allocation,
                 payload,
-            } => self.forward(from, allocation, payload.len(), datagram, now_ms),
+            } => self.forward(local, from, allocation, payload.len(), datagram, now_ms),
             // Answers are the relay's to send, never to receive.
             Message::BindingResponse { .. }
             | Message::Allocated { .. }
@@ -135,8 +180,41 @@ impl Relay {
         }
     }
 
+    /// The listen address a binding request that arrived on `local` is answered from, if the
+    /// relay has one that fits. Another address must be of `local`'s family (a socket cannot send
+    /// to the other family) and, for another IP, neither IP may be unspecified.
+    fn answering_address(
+        &self,
+        local: SocketAddr,
+        respond_from: RespondFrom,
+    ) -> Option<SocketAddr> {
+        let same_family = |a: &&SocketAddr| a.is_ipv4() == local.is_ipv4();
+        match respond_from {
+            RespondFrom::Same => Some(local),
+            RespondFrom::OtherAddress => {
+                let mut other_ip = self.listen.iter().filter(same_family).filter(|a| {
+                    a.ip() != local.ip() && !a.ip().is_unspecified() && !local.ip().is_unspecified()
+                });
+                // Another port as well, where there is one: a NAT whose filtering depends on
+                // the port only would otherwise pass the answer as if it were endpoint-independent.
+                other_ip
+                    .clone()
+                    .find(|a| a.port() != local.port())
+                    .or_else(|| other_ip.next())
+                    .copied()
+            }
+            RespondFrom::OtherPort => self
+                .listen
+                .iter()
+                .filter(same_family)
+                .find(|a| a.ip() == local.ip() && a.port() != local.port())
+                .copied(),
+        }
+    }
+
     fn allocate(
         &mut self,
+        local: SocketAddr,
         from: SocketAddr,
         side: u8,
         grant: &[u8; crate::grant::GRANT_BYTES],
@@ -154,6 +232,7 @@ impl Relay {
         let id = grant.allocation;
         let refuse = |reason| {
             Some(reply(
+                local,
                 from,
                 &Message::Refused {
                     allocation: id,
@@ -197,6 +276,7 @@ impl Relay {
                     allocation.grant.expires_at_ms = grant.expires_at_ms;
                 }
                 Some(reply(
+                    local,
                     from,
                     &Message::Allocated {
                         allocation: id,
@@ -209,6 +289,7 @@ impl Relay {
 
     fn forward(
         &mut self,
+        local: SocketAddr,
         from: SocketAddr,
         id: [u8; 16],
         payload_len: usize,
@@ -249,6 +330,7 @@ impl Relay {
         self.counters.forwarded += 1;
         self.counters.forwarded_bytes += size;
         Some(Outgoing {
+            from: local,
             to,
             datagram: datagram.to_vec(),
         })
@@ -263,10 +345,10 @@ impl Relay {
     }
 }
 
-fn reply(to: SocketAddr, message: &Message<'_>) -> Outgoing {
+fn reply(from: SocketAddr, to: SocketAddr, message: &Message<'_>) -> Outgoing {
     let mut datagram = Vec::with_capacity(64);
     wire::encode(message, &mut datagram);
-    Outgoing { to, datagram }
+    Outgoing { from, to, datagram }
 }
 
 #[cfg(test)]
@@ -298,6 +380,12 @@ mod tests {
         out
     }
 
+    /// The relay's address the tests' datagrams arrive on, unless they say otherwise.
+    const LOCAL: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        7371,
+    );
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
@@ -308,6 +396,7 @@ mod tests {
         for (side, port) in [(0, 1000), (1, 2000)] {
             let answer = relay
                 .handle(
+                    LOCAL,
                     addr(port),
                     &encode(&Message::Allocate { side, grant: &g }),
                     NOW,
@@ -332,20 +421,23 @@ mod tests {
     fn data_is_forwarded_unchanged_between_the_two_bound_sides_only() {
         let mut relay = bound_pair();
         let datagram = data(b"encrypted quic");
-        let out = relay.handle(addr(1000), &datagram, NOW).expect("forwarded");
+        let out = relay
+            .handle(LOCAL, addr(1000), &datagram, NOW)
+            .expect("forwarded");
         assert_eq!(
             out,
             Outgoing {
+                from: LOCAL,
                 to: addr(2000),
                 datagram: datagram.clone()
             }
         );
         let back = relay
-            .handle(addr(2000), &datagram, NOW)
+            .handle(LOCAL, addr(2000), &datagram, NOW)
             .expect("forwarded back");
         assert_eq!(back.to, addr(1000));
         assert_eq!(
-            relay.handle(addr(3000), &datagram, NOW),
+            relay.handle(LOCAL, addr(3000), &datagram, NOW),
             None,
             "a third address"
         );
@@ -358,6 +450,7 @@ mod tests {
         let g = grant(7);
         let answer = relay
             .handle(
+                LOCAL,
                 addr(4000),
                 &encode(&Message::Allocate { side: 0, grant: &g }),
                 NOW,
@@ -370,7 +463,7 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(relay.handle(addr(4000), &data(b"x"), NOW), None);
+        assert_eq!(relay.handle(LOCAL, addr(4000), &data(b"x"), NOW), None);
     }
 
     #[test]
@@ -379,6 +472,7 @@ mod tests {
         let mut forged = grant(8);
         forged[10] ^= 1;
         let none = relay.handle(
+            LOCAL,
             addr(1),
             &encode(&Message::Allocate {
                 side: 0,
@@ -388,6 +482,7 @@ mod tests {
         );
         assert_eq!(none, None);
         let late = relay.handle(
+            LOCAL,
             addr(1),
             &encode(&Message::Allocate {
                 side: 0,
@@ -418,6 +513,7 @@ mod tests {
         let later = NOW + 120_000;
         let answer = relay
             .handle(
+                LOCAL,
                 addr(1000),
                 &encode(&Message::Allocate {
                     side: 0,
@@ -435,9 +531,10 @@ mod tests {
         );
         // Past the first grant's expiry, data still flows.
         let at = NOW + 90_000;
-        assert!(relay.handle(addr(1000), &data(b"x"), at).is_some());
+        assert!(relay.handle(LOCAL, addr(1000), &data(b"x"), at).is_some());
         let answer = relay
             .handle(
+                LOCAL,
                 addr(2000),
                 &encode(&Message::Allocate {
                     side: 1,
@@ -459,18 +556,18 @@ mod tests {
     fn byte_cap_and_rate_are_enforced() {
         let mut relay = bound_pair();
         let big = data(&[0; 4000]);
-        assert!(relay.handle(addr(1000), &big, NOW).is_some());
+        assert!(relay.handle(LOCAL, addr(1000), &big, NOW).is_some());
         assert_eq!(
-            relay.handle(addr(1000), &big, NOW),
+            relay.handle(LOCAL, addr(1000), &big, NOW),
             None,
             "5000 B/s: 4000 + 4000 in one instant"
         );
         assert!(
-            relay.handle(addr(1000), &big, NOW + 1000).is_some(),
+            relay.handle(LOCAL, addr(1000), &big, NOW + 1000).is_some(),
             "refilled after a second"
         );
         assert_eq!(
-            relay.handle(addr(1000), &big, NOW + 5000),
+            relay.handle(LOCAL, addr(1000), &big, NOW + 5000),
             None,
             "10 000 B cap reached"
         );
@@ -493,6 +590,7 @@ mod tests {
             },
         );
         relay.handle(
+            LOCAL,
             addr(1),
             &encode(&Message::Allocate {
                 side: 0,
@@ -517,6 +615,7 @@ mod tests {
         );
         for id in 0..3 {
             relay.handle(
+                LOCAL,
                 addr(1),
                 &encode(&Message::Allocate {
                     side: 0,
@@ -528,25 +627,187 @@ mod tests {
         assert_eq!(relay.allocation_count(), 2);
     }
 
-    #[test]
-    fn binding_requests_are_answered_with_the_source_address() {
-        let mut relay = Relay::new(vec![key()], RelayLimits::default());
-        let out = relay
-            .handle(
-                addr(5555),
-                &encode(&Message::BindingRequest {
-                    transaction: [3; 12],
-                }),
-                NOW,
-            )
-            .expect("answer");
-        assert_eq!(out.to, addr(5555));
-        assert_eq!(
-            wire::decode(&out.datagram),
-            Ok(Message::BindingResponse {
+    fn sa(text: &str) -> SocketAddr {
+        text.parse().expect("a literal address")
+    }
+
+    /// The relay's answer to a binding request that arrived on `local` from `client`, and the
+    /// address it reflects.
+    fn bind(
+        relay: &mut Relay,
+        local: SocketAddr,
+        client: SocketAddr,
+        respond_from: RespondFrom,
+    ) -> Option<(Outgoing, SocketAddr)> {
+        let out = relay.handle(
+            local,
+            client,
+            &encode(&Message::BindingRequest {
                 transaction: [3; 12],
-                address: addr(5555)
-            })
+                respond_from,
+            }),
+            NOW,
+        )?;
+        match wire::decode(&out.datagram) {
+            Ok(Message::BindingResponse {
+                transaction: [3, ..],
+                address,
+            }) => Some((out, address)),
+            other => panic!("expected a binding response, got {other:?}"),
+        }
+    }
+
+    /// Two IPs, the first with two ports; and an IPv6 address.
+    fn multi_homed() -> Relay {
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        relay.set_listen_addresses(vec![
+            sa("192.0.2.1:7371"),
+            sa("192.0.2.1:7372"),
+            sa("198.51.100.1:7371"),
+            sa("198.51.100.1:7373"),
+            sa("[2001:db8::1]:7371"),
+        ]);
+        relay
+    }
+
+    #[test]
+    fn binding_requests_are_answered_with_the_source_address_from_where_they_arrived() {
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        let (out, reflected) =
+            bind(&mut relay, LOCAL, addr(5555), RespondFrom::Same).expect("answer");
+        assert_eq!(
+            (out.from, out.to, reflected),
+            (LOCAL, addr(5555), addr(5555))
         );
+
+        let mut relay = multi_homed();
+        let local = sa("198.51.100.1:7373");
+        let (out, _) = bind(&mut relay, local, addr(5555), RespondFrom::Same).expect("answer");
+        assert_eq!(out.from, local);
+        assert_eq!(relay.counters().bindings, 1);
+    }
+
+    #[test]
+    fn other_address_answers_from_another_ip_and_another_port_where_there_is_one() {
+        let mut relay = multi_homed();
+        let client = sa("203.0.113.5:40000");
+        let (out, reflected) = bind(
+            &mut relay,
+            sa("192.0.2.1:7371"),
+            client,
+            RespondFrom::OtherAddress,
+        )
+        .expect("answer");
+        assert_eq!(out.from, sa("198.51.100.1:7373"), "another IP and port");
+        assert_eq!((out.to, reflected), (client, client));
+        let (out, _) = bind(
+            &mut relay,
+            sa("198.51.100.1:7373"),
+            client,
+            RespondFrom::OtherAddress,
+        )
+        .expect("answer");
+        assert_eq!(out.from, sa("192.0.2.1:7371"));
+
+        // With no other port on the other IP, the same port will do.
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        relay.set_listen_addresses(vec![sa("192.0.2.1:7371"), sa("198.51.100.1:7371")]);
+        let (out, _) = bind(
+            &mut relay,
+            sa("192.0.2.1:7371"),
+            client,
+            RespondFrom::OtherAddress,
+        )
+        .expect("answer");
+        assert_eq!(out.from, sa("198.51.100.1:7371"));
+        assert_eq!(relay.counters().bindings, 1);
+    }
+
+    #[test]
+    fn other_port_answers_from_the_same_ip_and_another_port() {
+        let mut relay = multi_homed();
+        let client = sa("203.0.113.5:40000");
+        for (local, expected) in [
+            ("192.0.2.1:7371", "192.0.2.1:7372"),
+            ("192.0.2.1:7372", "192.0.2.1:7371"),
+            ("198.51.100.1:7371", "198.51.100.1:7373"),
+        ] {
+            let (out, reflected) =
+                bind(&mut relay, sa(local), client, RespondFrom::OtherPort).expect("answer");
+            assert_eq!(out.from, sa(expected), "arrived on {local}");
+            assert_eq!((out.to, reflected), (client, client));
+        }
+    }
+
+    #[test]
+    fn a_binding_request_no_listen_address_can_answer_is_dropped_and_counted() {
+        let client = addr(5555);
+        // A relay that knows no other address.
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        assert!(bind(&mut relay, LOCAL, client, RespondFrom::OtherAddress).is_none());
+        assert!(bind(&mut relay, LOCAL, client, RespondFrom::OtherPort).is_none());
+        // Only one address per family: the IPv6 one cannot answer an IPv4 client.
+        let v6 = sa("[2001:db8::1]:7371");
+        let mut relay = multi_homed();
+        assert!(
+            bind(
+                &mut relay,
+                v6,
+                sa("[2001:db8::9]:1"),
+                RespondFrom::OtherAddress
+            )
+            .is_none()
+        );
+        assert!(
+            bind(
+                &mut relay,
+                v6,
+                sa("[2001:db8::9]:1"),
+                RespondFrom::OtherPort
+            )
+            .is_none()
+        );
+        // A wildcard address is not known to be another IP.
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        relay.set_listen_addresses(vec![sa("0.0.0.0:7371"), sa("192.0.2.1:7372")]);
+        for local in ["0.0.0.0:7371", "192.0.2.1:7372"] {
+            assert!(bind(&mut relay, sa(local), client, RespondFrom::OtherAddress).is_none());
+            assert!(bind(&mut relay, sa(local), client, RespondFrom::OtherPort).is_none());
+        }
+        let counters = relay.counters();
+        assert_eq!((counters.bindings, counters.bindings_unanswerable), (0, 4));
+        assert_eq!(relay.allocation_count(), 0, "and it keeps no state");
+    }
+
+    #[test]
+    fn one_allocation_table_serves_every_address_and_data_leaves_where_it_arrived() {
+        let mut relay = multi_homed();
+        let (first, second) = (sa("192.0.2.1:7371"), sa("198.51.100.1:7371"));
+        let g = grant(7);
+        for (side, port, local) in [(0, 1000, first), (1, 2000, second)] {
+            let answer = relay
+                .handle(
+                    local,
+                    addr(port),
+                    &encode(&Message::Allocate { side, grant: &g }),
+                    NOW,
+                )
+                .expect("answer");
+            assert_eq!(answer.from, local, "answered where it arrived");
+            assert!(matches!(
+                wire::decode(&answer.datagram),
+                Ok(Message::Allocated { .. })
+            ));
+        }
+        assert_eq!(relay.allocation_count(), 1);
+        let datagram = data(b"x");
+        let out = relay
+            .handle(second, addr(1000), &datagram, NOW)
+            .expect("forwarded");
+        assert_eq!((out.from, out.to), (second, addr(2000)));
+        let out = relay
+            .handle(first, addr(2000), &datagram, NOW)
+            .expect("forwarded");
+        assert_eq!((out.from, out.to), (first, addr(1000)));
     }
 }

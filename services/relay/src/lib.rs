@@ -6,9 +6,10 @@
 //! never decrypts or parses what it forwards: QUIC inside is end-to-end encrypted between the
 //! peers.
 //!
-//! Built so far, all sans-IO: the wire codec ([`wire`]), grants ([`grant`]) and the allocation
-//! state machine ([`allocations`]), and the UDP loop around them ([`server`]). Not built yet:
-//! running it from `rallyd` and the broker minting grants.
+//! The wire codec ([`wire`]), grants ([`grant`]) and the allocation state machine
+//! ([`allocations`]) are sans-IO; [`server`] is the UDP loop around them, on one or several
+//! addresses. `rallyd` runs it; the broker mints the grants and the SDK uses the codec to learn
+//! its NAT and to carry its QUIC packets through an allocation.
 
 pub mod allocations;
 pub mod grant;

@@ -6,7 +6,7 @@
 //!
 //! | kind | message | body |
 //! |---|---|---|
-//! | 1 | [`Message::BindingRequest`] | transaction id (12), zero padding to [`BINDING_REQUEST_BYTES`] |
+//! | 1 | [`Message::BindingRequest`] | transaction id (12), respond-from (1: 0, 1 or 2), zero padding to [`BINDING_REQUEST_BYTES`] |
 //! | 2 | [`Message::BindingResponse`] | transaction id (12), address |
 //! | 3 | [`Message::Allocate`] | side (1: 0 or 1), grant ([`GRANT_BYTES`]) |
 //! | 4 | [`Message::Allocated`] | allocation (16), expiry in ms (8) |
@@ -16,6 +16,12 @@
 //! An address is a family byte (4 or 6), the port (2) and the IP (4 or 16 bytes). A binding
 //! request is padded so that it is never smaller than any binding response: the reflector cannot
 //! be used to amplify traffic towards a spoofed source.
+//!
+//! A binding request says where its answer should come from ([`RespondFrom`]): the address it
+//! was sent to, or another of the relay's addresses. That is what a client needs to classify its
+//! NAT the way RFC 5780 does: its mapping behaviour from the addresses two relay IPs see, its
+//! filtering behaviour from whether an answer from an address or port it never sent to gets
+//! through.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -74,6 +80,41 @@ impl RefusedReason {
     }
 }
 
+/// Which of the relay's addresses a binding response is sent from (RFC 5780's CHANGE-REQUEST).
+///
+/// A relay that has no such address does not answer at all, so a client tells "filtered by my
+/// NAT" from "not offered by this relay" only by asking one that has it (the broker announces
+/// every address of a relay that listens on several).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RespondFrom {
+    /// The address the request was sent to.
+    #[default]
+    Same,
+    /// An address with another IP (and, where the relay has one, another port).
+    OtherAddress,
+    /// An address with the same IP and another port.
+    OtherPort,
+}
+
+impl RespondFrom {
+    fn code(self) -> u8 {
+        match self {
+            Self::Same => 0,
+            Self::OtherAddress => 1,
+            Self::OtherPort => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Self::Same,
+            1 => Self::OtherAddress,
+            2 => Self::OtherPort,
+            _ => return None,
+        })
+    }
+}
+
 /// A relay datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
@@ -81,6 +122,8 @@ pub enum Message<'a> {
     BindingRequest {
         /// Echoed in the response.
         transaction: [u8; 12],
+        /// Which of the relay's addresses should answer.
+        respond_from: RespondFrom,
     },
     /// The address the reflector saw.
     BindingResponse {
@@ -166,11 +209,15 @@ pub fn decode(datagram: &[u8]) -> Result<Message<'_>, WireError> {
     match header[3] {
         1 => {
             exact(BINDING_REQUEST_BYTES - HEADER_BYTES)?;
-            if body[12..].iter().any(|b| *b != 0) {
+            let [code] = take(body, 12)?;
+            let respond_from =
+                RespondFrom::from_code(code).ok_or(WireError::Field("respond_from"))?;
+            if body[13..].iter().any(|b| *b != 0) {
                 return Err(WireError::Field("padding"));
             }
             Ok(Message::BindingRequest {
                 transaction: take(body, 0)?,
+                respond_from,
             })
         }
         2 => {
@@ -238,9 +285,13 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&[VERSION, kind]);
     match message {
-        Message::BindingRequest { transaction } => {
+        Message::BindingRequest {
+            transaction,
+            respond_from,
+        } => {
             out.extend_from_slice(transaction);
-            out.resize(out.len() + BINDING_REQUEST_BYTES - HEADER_BYTES - 12, 0);
+            out.push(respond_from.code());
+            out.resize(out.len() + BINDING_REQUEST_BYTES - HEADER_BYTES - 13, 0);
         }
         Message::BindingResponse {
             transaction,
@@ -302,6 +353,7 @@ mod tests {
         encode(
             &Message::BindingRequest {
                 transaction: [7; 12],
+                respond_from: RespondFrom::OtherAddress,
             },
             &mut request,
         );
@@ -326,9 +378,16 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let grant = [5u8; GRANT_BYTES];
-        round_trip(&Message::BindingRequest {
-            transaction: [1; 12],
-        });
+        for respond_from in [
+            RespondFrom::Same,
+            RespondFrom::OtherAddress,
+            RespondFrom::OtherPort,
+        ] {
+            round_trip(&Message::BindingRequest {
+                transaction: [1; 12],
+                respond_from,
+            });
+        }
         round_trip(&Message::BindingResponse {
             transaction: [2; 12],
             address: "100.64.0.9:40000".parse().expect("addr"),
@@ -372,6 +431,35 @@ mod tests {
         assert_eq!(decode(&bad_side), Err(WireError::Field("side")));
     }
 
+    #[test]
+    fn binding_requests_encode_respond_from_after_the_transaction_and_nothing_else() {
+        let mut request = Vec::new();
+        encode(
+            &Message::BindingRequest {
+                transaction: [1; 12],
+                respond_from: RespondFrom::OtherPort,
+            },
+            &mut request,
+        );
+        assert_eq!(request.len(), BINDING_REQUEST_BYTES);
+        assert_eq!(request[HEADER_BYTES + 12], 2);
+        assert!(request[HEADER_BYTES + 13..].iter().all(|b| *b == 0));
+
+        let mut unknown = request.clone();
+        unknown[HEADER_BYTES + 12] = 3;
+        assert_eq!(decode(&unknown), Err(WireError::Field("respond_from")));
+        let mut padded = request.clone();
+        padded[BINDING_REQUEST_BYTES - 1] = 1;
+        assert_eq!(decode(&padded), Err(WireError::Field("padding")));
+        assert_eq!(
+            decode(&request[..BINDING_REQUEST_BYTES - 1]),
+            Err(WireError::Length)
+        );
+        let mut longer = request;
+        longer.push(0);
+        assert_eq!(decode(&longer), Err(WireError::Length));
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_decode_to_a_value_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -386,6 +474,31 @@ mod tests {
                 let mut again = Vec::new();
                 encode(&message, &mut again);
                 prop_assert_eq!(again, bytes, "decode accepts only the encoded form");
+            }
+        }
+
+        #[test]
+        fn binding_requests_round_trip(transaction in any::<[u8; 12]>(), code in 0u8..3) {
+            let respond_from = RespondFrom::from_code(code).expect("0 to 2");
+            let message = Message::BindingRequest { transaction, respond_from };
+            let mut bytes = Vec::new();
+            encode(&message, &mut bytes);
+            prop_assert_eq!(bytes.len(), BINDING_REQUEST_BYTES);
+            prop_assert_eq!(decode(&bytes), Ok(message));
+        }
+
+        #[test]
+        fn binding_requests_with_any_respond_from_byte_decode_or_are_refused(transaction in any::<[u8; 12]>(), code in any::<u8>()) {
+            let mut bytes = vec![b'R', b'Y', VERSION, 1];
+            bytes.extend_from_slice(&transaction);
+            bytes.push(code);
+            bytes.resize(BINDING_REQUEST_BYTES, 0);
+            match RespondFrom::from_code(code) {
+                Some(respond_from) => prop_assert_eq!(
+                    decode(&bytes),
+                    Ok(Message::BindingRequest { transaction, respond_from })
+                ),
+                None => prop_assert_eq!(decode(&bytes), Err(WireError::Field("respond_from"))),
             }
         }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rally_relay::allocations::{Counters, Relay, RelayLimits};
 use rally_relay::grant::{GRANT_BYTES, Grant, GrantKey};
 use rally_relay::server::RelayServer;
-use rally_relay::wire::{self, Message, RefusedReason};
+use rally_relay::wire::{self, Message, RefusedReason, RespondFrom};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ async fn relay() -> (RelayServer, CancellationToken) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind relay");
     let shutdown = CancellationToken::new();
     let server = RelayServer::spawn(
-        socket,
+        vec![socket],
         Relay::new(vec![key()], RelayLimits::default()),
         shutdown.clone(),
     )
@@ -73,6 +73,7 @@ async fn receive(socket: &UdpSocket) -> Vec<u8> {
 async fn sync(socket: &UdpSocket, relay: SocketAddr) -> SocketAddr {
     let request = encode(&Message::BindingRequest {
         transaction: [9; 12],
+        respond_from: RespondFrom::Same,
     });
     socket.send_to(&request, relay).await.expect("send");
     match wire::decode(&receive(socket).await) {
@@ -341,6 +342,66 @@ async fn ten_thousand_junk_datagrams_leave_state_bounded_and_traffic_flowing() {
     let data = data(7, b"still here");
     a.send_to(&data, relay_addr).await.expect("send");
     assert_eq!(receive(&b).await, data, "real traffic unaffected");
+    shutdown.cancel();
+    server.wait().await;
+}
+
+#[tokio::test]
+async fn a_relay_needs_at_least_one_socket() {
+    let refused = RelayServer::spawn(
+        Vec::new(),
+        Relay::new(vec![key()], RelayLimits::default()),
+        CancellationToken::new(),
+    );
+    assert_eq!(
+        refused.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::InvalidInput)
+    );
+}
+
+#[tokio::test]
+async fn binding_requests_are_answered_from_the_socket_they_ask_for() {
+    let mut sockets = Vec::new();
+    for address in ["127.0.0.1:0", "127.0.0.2:0", "127.0.0.1:0"] {
+        sockets.push(UdpSocket::bind(address).await.expect("bind relay"));
+    }
+    let shutdown = CancellationToken::new();
+    let server = RelayServer::spawn(
+        sockets,
+        Relay::new(vec![key()], RelayLimits::default()),
+        shutdown.clone(),
+    )
+    .expect("spawn");
+    let addrs = server.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 3);
+    assert_eq!(server.local_addr(), addrs[0]);
+    let client = peer().await;
+    let expected = client.local_addr().expect("addr");
+    for (respond_from, answers_from) in [
+        (RespondFrom::Same, addrs[0]),
+        (RespondFrom::OtherAddress, addrs[1]),
+        (RespondFrom::OtherPort, addrs[2]),
+    ] {
+        let request = encode(&Message::BindingRequest {
+            transaction: [1; 12],
+            respond_from,
+        });
+        client.send_to(&request, addrs[0]).await.expect("send");
+        let mut buf = [0u8; 128];
+        let (len, from) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .expect("receive");
+        assert_eq!(from, answers_from, "{respond_from:?}");
+        assert_eq!(
+            wire::decode(&buf[..len]),
+            Ok(Message::BindingResponse {
+                transaction: [1; 12],
+                address: expected,
+            })
+        );
+    }
+    assert_eq!(server.counters().bindings, 3);
     shutdown.cancel();
     server.wait().await;
 }

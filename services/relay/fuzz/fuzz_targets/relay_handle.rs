@@ -2,12 +2,17 @@
 //!
 //! The input is a sequence of steps: time passing, binding requests, grants signed with the
 //! relay's keys (or an unknown key, or tampered), Data for a few allocation ids, raw bytes, and
-//! `expire` sweeps; each datagram comes from one of a few fixed IPv4 and IPv6 addresses, and the
-//! clock never goes back. Alongside, a shadow model of what the module docs promise checks every
-//! answer:
+//! `expire` sweeps; each datagram comes from one of a few fixed IPv4 and IPv6 addresses and
+//! arrives on one of the relay's listen addresses (a subset of a few fixed ones, wildcard
+//! included), and the clock never goes back. Alongside, a shadow model of what the module docs
+//! promise checks every answer:
 //!
 //! - nothing is ever answered with more bytes than it was asked with (no amplification), every
 //!   answer decodes, and a binding response carries the request's transaction and source;
+//! - every answer leaves from the listen address the datagram arrived on, except a binding
+//!   request's that asked for another: from another IP of the same family (neither unspecified),
+//!   on another port too where the relay has one; or from the same IP on another port. When the
+//!   relay has no such address the request gets no answer and is counted as unanswerable;
 //! - junk, answers and unverified grants get no answer and create no state; only a verified
 //!   grant creates an allocation, and never more than `max_allocations`;
 //! - the first presentation of a side binds it; another address presenting it is refused;
@@ -29,7 +34,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use rally_relay::allocations::{Counters, Outgoing, Relay, RelayLimits};
 use rally_relay::grant::{GRANT_BYTES, Grant, GrantKey};
-use rally_relay::wire::{self, Message, RefusedReason};
+use rally_relay::wire::{self, Message, RefusedReason, RespondFrom};
 
 /// The clock starts at a realistic Unix time in milliseconds.
 const START_MS: u64 = 1_700_000_000_000;
@@ -39,6 +44,8 @@ struct Input {
     /// 1 to 4 allocations.
     max_allocations: u8,
     idle_timeout_ms: u16,
+    /// Which of [`LISTEN`] the relay listens on, a bit each (none: the first).
+    listen: u8,
     steps: Vec<Step>,
 }
 
@@ -48,24 +55,41 @@ enum Step {
     Wait { ms: u32 },
     /// The periodic sweep.
     Expire,
-    /// A binding request.
-    Bind { from: u8, transaction: [u8; 12] },
+    /// A binding request; `respond_from % 3` picks [`RespondFrom`].
+    Bind {
+        from: u8,
+        at: u8,
+        transaction: [u8; 12],
+        respond_from: u8,
+    },
     /// A grant presented for `side` (anything but 0 and 1 does not decode).
     Allocate {
         from: u8,
+        at: u8,
         side: u8,
         grant: GrantSpec,
     },
     /// Data with `len % 1500` bytes of `fill` for one of five allocation ids.
     Data {
         from: u8,
+        at: u8,
         allocation: u8,
         len: u16,
         fill: u8,
     },
     /// Any bytes at all.
-    Raw { from: u8, bytes: Vec<u8> },
+    Raw { from: u8, at: u8, bytes: Vec<u8> },
 }
+
+/// The addresses the relay may listen on: two ports on one IPv4 address, another IPv4 address,
+/// an IPv6 address and an IPv4 wildcard.
+const LISTEN: [&str; 5] = [
+    "203.0.113.1:7371",
+    "203.0.113.1:7372",
+    "203.0.113.2:7371",
+    "[2001:db8:1::1]:7371",
+    "0.0.0.0:7373",
+];
 
 #[derive(Arbitrary, Debug)]
 struct GrantSpec {
@@ -142,6 +166,8 @@ struct Shadow {
 /// The relay under test and a shadow model of what its docs promise.
 struct Harness {
     relay: Relay,
+    /// The relay's listen addresses; never empty.
+    listen: Vec<SocketAddr>,
     keys: Vec<GrantKey>,
     limits: RelayLimits,
     model: HashMap<[u8; 16], Shadow>,
@@ -155,8 +181,20 @@ impl Harness {
             idle_timeout_ms: u64::from(input.idle_timeout_ms),
         };
         let keys = keys()[..2].to_vec();
+        let mut listen: Vec<SocketAddr> = LISTEN
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| input.listen & (1 << i) != 0)
+            .map(|(_, a)| a.parse().expect("a literal address"))
+            .collect();
+        if listen.is_empty() {
+            listen.push(LISTEN[0].parse().expect("a literal address"));
+        }
+        let mut relay = Relay::new(keys.clone(), limits);
+        relay.set_listen_addresses(listen.clone());
         Self {
-            relay: Relay::new(keys.clone(), limits),
+            relay,
+            listen,
             keys,
             limits,
             model: HashMap::new(),
@@ -165,7 +203,7 @@ impl Harness {
     }
 
     fn step(&mut self, step: &Step) {
-        let (from, datagram) = match step {
+        let (from, at, datagram) = match step {
             Step::Wait { ms } => {
                 self.now_ms += u64::from(*ms);
                 return;
@@ -174,14 +212,31 @@ impl Harness {
                 self.expire();
                 return;
             }
-            Step::Bind { from, transaction } => (
+            Step::Bind {
+                from,
+                at,
+                transaction,
+                respond_from,
+            } => (
                 source(*from),
+                *at,
                 encode(&Message::BindingRequest {
                     transaction: *transaction,
+                    respond_from: match respond_from % 3 {
+                        0 => RespondFrom::Same,
+                        1 => RespondFrom::OtherAddress,
+                        _ => RespondFrom::OtherPort,
+                    },
                 }),
             ),
-            Step::Allocate { from, side, grant } => (
+            Step::Allocate {
+                from,
+                at,
+                side,
+                grant,
+            } => (
                 source(*from),
+                *at,
                 encode(&Message::Allocate {
                     side: *side,
                     grant: &sign(grant, self.now_ms),
@@ -189,19 +244,22 @@ impl Harness {
             ),
             Step::Data {
                 from,
+                at,
                 allocation,
                 len,
                 fill,
             } => (
                 source(*from),
+                *at,
                 encode(&Message::Data {
                     allocation: allocation_id(*allocation),
                     payload: &vec![*fill; usize::from(*len) % 1500],
                 }),
             ),
-            Step::Raw { from, bytes } => (source(*from), bytes.clone()),
+            Step::Raw { from, at, bytes } => (source(*from), *at, bytes.clone()),
         };
-        self.datagram(from, &datagram);
+        let local = self.listen[usize::from(at) % self.listen.len()];
+        self.datagram(local, from, &datagram);
     }
 
     fn expire(&mut self) {
@@ -213,11 +271,17 @@ impl Harness {
         assert_eq!(self.relay.allocation_count(), self.model.len(), "expire");
     }
 
-    fn datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+    fn datagram(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]) {
         let before = self.relay.counters();
-        let out = self.relay.handle(from, datagram, self.now_ms);
+        let out = self.relay.handle(local, from, datagram, self.now_ms);
         let after = self.relay.counters();
         if let Some(out) = &out {
+            if !matches!(wire::decode(datagram), Ok(Message::BindingRequest { .. })) {
+                assert_eq!(
+                    out.from, local,
+                    "answered or forwarded from where it arrived"
+                );
+            }
             assert!(
                 out.datagram.len() <= datagram.len(),
                 "amplification: {} bytes answered with {}",
@@ -227,8 +291,24 @@ impl Harness {
             assert!(wire::decode(&out.datagram).is_ok(), "undecodable answer");
         }
         match wire::decode(datagram) {
-            Ok(Message::BindingRequest { transaction }) => {
-                let out = out.expect("binding requests are answered");
+            Ok(Message::BindingRequest {
+                transaction,
+                respond_from,
+            }) => {
+                let Some(out) = out else {
+                    assert!(
+                        !self.can_answer(local, respond_from),
+                        "{respond_from:?} unanswered on {local} of {:?}",
+                        self.listen
+                    );
+                    assert_eq!(
+                        after.bindings_unanswerable,
+                        before.bindings_unanswerable + 1
+                    );
+                    self.check_bounds(before, after);
+                    return;
+                };
+                self.check_answering_address(local, respond_from, out.from);
                 assert_eq!(out.to, from);
                 assert_eq!(
                     wire::decode(&out.datagram),
@@ -243,7 +323,14 @@ impl Harness {
             Ok(Message::Data {
                 allocation,
                 payload,
-            }) => self.forward(from, allocation, payload.len(), datagram, out.as_ref()),
+            }) => self.forward(
+                local,
+                from,
+                allocation,
+                payload.len(),
+                datagram,
+                out.as_ref(),
+            ),
             Ok(_) | Err(_) => {
                 assert_eq!(out, None, "junk or an answer is never answered");
                 assert_eq!(after.dropped_malformed, before.dropped_malformed + 1);
@@ -258,6 +345,7 @@ impl Harness {
         // One datagram moves one counter by one (forwarding also counts its bytes).
         let total = |c: Counters| {
             c.bindings
+                + c.bindings_unanswerable
                 + c.allocations
                 + c.forwarded
                 + c.dropped_malformed
@@ -267,6 +355,53 @@ impl Harness {
         };
         let moved = total(after) - total(before);
         assert!(moved <= 1, "{before:?} -> {after:?}");
+    }
+
+    /// Listen addresses of `local`'s family other than `local` itself.
+    fn others(&self, local: SocketAddr) -> impl Iterator<Item = SocketAddr> + Clone + '_ {
+        self.listen
+            .iter()
+            .copied()
+            .filter(move |a| a.is_ipv4() == local.is_ipv4() && *a != local)
+    }
+
+    /// Whether the relay has an address to answer `respond_from` on `local` from.
+    fn can_answer(&self, local: SocketAddr, respond_from: RespondFrom) -> bool {
+        let mut others = self.others(local);
+        match respond_from {
+            RespondFrom::Same => true,
+            RespondFrom::OtherAddress => others.any(|a| {
+                a.ip() != local.ip() && !a.ip().is_unspecified() && !local.ip().is_unspecified()
+            }),
+            RespondFrom::OtherPort => others.any(|a| a.ip() == local.ip()),
+        }
+    }
+
+    fn check_answering_address(
+        &self,
+        local: SocketAddr,
+        respond_from: RespondFrom,
+        answered: SocketAddr,
+    ) {
+        match respond_from {
+            RespondFrom::Same => assert_eq!(answered, local),
+            RespondFrom::OtherAddress => {
+                assert!(self.others(local).any(|a| a == answered), "{answered}");
+                assert_ne!(answered.ip(), local.ip());
+                assert!(!answered.ip().is_unspecified() && !local.ip().is_unspecified());
+                let another_port_exists = self.others(local).any(|a| {
+                    a.ip() != local.ip() && !a.ip().is_unspecified() && a.port() != local.port()
+                });
+                if another_port_exists {
+                    assert_ne!(answered.port(), local.port(), "another port was available");
+                }
+            }
+            RespondFrom::OtherPort => {
+                assert!(self.others(local).any(|a| a == answered), "{answered}");
+                assert_eq!(answered.ip(), local.ip());
+                assert_ne!(answered.port(), local.port());
+            }
+        }
     }
 
     fn allocate(
@@ -341,6 +476,7 @@ impl Harness {
 
     fn forward(
         &mut self,
+        local: SocketAddr,
         from: SocketAddr,
         id: [u8; 16],
         size: usize,
@@ -381,6 +517,7 @@ impl Harness {
         assert_eq!(
             out,
             &Outgoing {
+                from: local,
                 to,
                 datagram: datagram.to_vec()
             }
