@@ -43,7 +43,7 @@
 //! link.connect(peer).await?;
 //! while let Some(event) = events.recv().await {
 //!     match event {
-//!         BrokerEvent::PunchStart { user, candidates, start_at, dialer } => {
+//!         BrokerEvent::PunchStart { user, candidates, start_at, dialer, .. } => {
 //!             println!("punch toward {user} at {candidates:?} at {start_at:?}, dialing: {dialer}");
 //! #           break;
 //!         }
@@ -157,6 +157,8 @@ pub enum BrokerEvent {
         user: Uuid,
         /// The peer's direct addresses to punch toward, highest priority first.
         candidates: Vec<SocketAddr>,
+        /// Which of them are its public (server- or peer-reflexive) addresses.
+        reflexive: Vec<SocketAddr>,
         /// When to start, on this machine's clock (converted from the server's with the offset
         /// measured by Ping/Pong; kept within 30 s of the moment it arrived).
         start_at: Instant,

@@ -5,6 +5,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`); without it they fail under `CI=true` and skip
 //! with a message elsewhere (see `rally_store_postgres::testing::TempDatabase`).
 
+pub mod lab;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +87,11 @@ impl TestServer {
     /// The UDP address of its relay and reflector, when the relay runs.
     pub fn relay_addr(&self) -> Option<SocketAddr> {
         self.running.as_ref().and_then(Running::relay_addr)
+    }
+
+    /// What its relay has done so far, when the relay runs.
+    pub fn relay_counters(&self) -> Option<rally_relay::allocations::Counters> {
+        self.running.as_ref().and_then(Running::relay_counters)
     }
 
     /// The server's data directory.

@@ -562,6 +562,7 @@ async fn the_connect_handshake(server: &TestServer) {
             candidates,
             start_at,
             dialer,
+            ..
         } => (user, candidates, start_at, dialer),
         other => panic!("expected PunchStart, got {other:?}"),
     };

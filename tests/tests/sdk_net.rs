@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rally_client::net::{ConnectionState, Net, NetConfig, NetEvent, Packet, PeerStats, SendPolicy};
+use rally_client::net::{
+    ConnectionState, Mapping, NatClass, Net, NetConfig, NetEvent, Packet, Path, PeerStats,
+    RelayPolicy, SendPolicy,
+};
 use rally_client::{Error, Rally, Session};
 use rally_e2e::{Backend, TestServer};
 use uuid::Uuid;
@@ -252,7 +255,7 @@ async fn accept_for_current_room_auto_accepts_room_members_only() {
             NetEvent::ConnectionStateChanged { user, .. } => {
                 assert_ne!(user, c.user, "{user} was accepted without asking");
             }
-            NetEvent::PingResult { .. } => {}
+            NetEvent::PingResult { .. } | NetEvent::ConnectionFailed { .. } => {}
         }
     }
 }
@@ -667,4 +670,50 @@ async fn the_fake_network_can_duplicate_unreliable_packets() {
         assert_eq!(got.sender, a.user);
         received += 1;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_always_relays_is_reached_through_the_relay_and_nothing_is_lost() {
+    let server = sqlite().await;
+    let mut hiding = loopback_config();
+    hiding.relay_policy = RelayPolicy::Always;
+    let a = client_with(&server, "hiding", hiding).await;
+    let b = client(&server, "open").await;
+    connect_pair(&a, &b).await;
+    for (net, peer) in [(&a.net, b.user), (&b.net, a.user)] {
+        let stats = net.stats(peer).expect("stats");
+        assert_eq!(stats.path, Some(Path::Relayed), "{stats:?}");
+        assert!(stats.path_since.is_some());
+    }
+    // The open side sees the hiding side only at its own local relay forwarder.
+    let seen = b.net.stats(a.user).and_then(|s| s.remote_addr);
+    assert_ne!(seen, Some(a.net.local_addr()));
+    let before = server.relay_counters().expect("relay runs").forwarded_bytes;
+    for i in 0..1000u32 {
+        a.net
+            .send_packet(b.user, payload(i, 1000), SendPolicy::Reliable)
+            .expect("send");
+    }
+    for i in 0..1000u32 {
+        assert_eq!(packet(&b.net).await.data, payload(i, 1000), "packet {i}");
+    }
+    // Every byte went through the relay (QUIC packs several packets per datagram).
+    let carried = server.relay_counters().expect("relay runs").forwarded_bytes - before;
+    assert!(
+        carried >= 1_000_000,
+        "the relay carried {carried} bytes for 1000 packets of 1000 bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loopback_clients_report_no_nat_and_connect_directly() {
+    let server = sqlite().await;
+    let a = client(&server, "ada").await;
+    let b = client(&server, "bob").await;
+    let report = a.net.nat_report();
+    assert_eq!(report.mapping, Mapping::NoNat, "{report:?}");
+    assert_eq!(report.nat_type, NatClass::Open);
+    assert_eq!(report.public_address, Some(a.net.local_addr()));
+    connect_pair(&a, &b).await;
+    assert_eq!(a.net.stats(b.user).and_then(|s| s.path), Some(Path::Direct));
 }

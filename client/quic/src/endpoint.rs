@@ -59,6 +59,10 @@ pub struct Transport {
 
 struct Shared {
     config: TransportConfig,
+    /// A second handle on the acceptor's socket, only ever written to: raw datagrams (punches,
+    /// probes) leave from the transport's port without a socket that would take a share of the
+    /// acceptor's packets.
+    raw: std::net::UdpSocket,
     identity: Identity,
     allowed: Arc<AllowList>,
     local_addr: SocketAddr,
@@ -78,6 +82,7 @@ impl Transport {
         let allowed = Arc::new(AllowList::default());
         let socket = socket::reuseport(config.bind, None)?;
         let local_addr = socket.local_addr()?;
+        let raw = socket.try_clone()?;
         let server = Server::builder()
             .with_io(io(&config, socket)?)
             .map_err(endpoint_error)?
@@ -107,6 +112,7 @@ impl Transport {
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
+                raw,
                 identity,
                 allowed,
                 local_addr,
@@ -148,6 +154,47 @@ impl Transport {
         remote: SocketAddr,
         peer: Fingerprint,
     ) -> Result<Connection, TransportError> {
+        self.check_dial(remote)?;
+        let socket = socket::reuseport(self.shared.local_addr, Some(remote))?;
+        self.dial_on(socket, remote, peer).await
+    }
+
+    /// Connects to `remote` like [`dial`](Self::dial), but from `socket` instead of the
+    /// transport's port: a socket that already holds a NAT mapping towards `remote` (birthday
+    /// probing finds one among many). The socket is `connect()`ed to `remote` and belongs to the
+    /// connection from then on.
+    pub async fn dial_from(
+        &self,
+        socket: std::net::UdpSocket,
+        remote: SocketAddr,
+        peer: Fingerprint,
+    ) -> Result<Connection, TransportError> {
+        self.check_dial(remote)?;
+        socket.set_nonblocking(true)?;
+        socket.connect(remote)?;
+        self.dial_on(socket, remote, peer).await
+    }
+
+    /// Sends one raw UDP datagram to `to` from the transport's port, outside QUIC: punch
+    /// packets that open this side's NAT towards a peer, and birthday probes. A QUIC endpoint
+    /// that receives one drops it. Never blocks: a full socket buffer is an error.
+    pub fn send_raw(&self, to: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
+        if self.shared.closing.is_cancelled() {
+            return Err(std::io::Error::other("the transport is closed"));
+        }
+        self.shared.raw.send_to(payload, to).map(|_| ())
+    }
+
+    /// A UDP socket on the transport's port, `connect()`ed to `remote`, for a short non-QUIC
+    /// exchange with it (asking a reflector which public address this port maps to). While it
+    /// exists, every datagram from `remote` to this port reaches it instead of QUIC: never use
+    /// it towards a peer.
+    pub fn side_socket(&self, remote: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+        let socket = socket::reuseport(self.shared.local_addr, Some(remote))?;
+        tokio::net::UdpSocket::from_std(socket)
+    }
+
+    fn check_dial(&self, remote: SocketAddr) -> Result<(), TransportError> {
         let shared = &self.shared;
         if shared.closing.is_cancelled() {
             return Err(TransportError::Closed);
@@ -158,7 +205,16 @@ impl Transport {
                 shared.local_addr
             )));
         }
-        let socket = socket::reuseport(shared.local_addr, Some(remote))?;
+        Ok(())
+    }
+
+    async fn dial_on(
+        &self,
+        socket: std::net::UdpSocket,
+        remote: SocketAddr,
+        peer: Fingerprint,
+    ) -> Result<Connection, TransportError> {
+        let shared = &self.shared;
         let (tls, verifier) = tls::client(&shared.identity, peer)?;
         let client = Client::builder()
             .with_io(io(&shared.config, socket)?)

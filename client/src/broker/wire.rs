@@ -252,6 +252,7 @@ fn user(message: &str, text: &str) -> Result<Uuid, String> {
 #[derive(Debug, Default)]
 struct Addresses {
     direct: Vec<SocketAddr>,
+    reflexive: Vec<SocketAddr>,
     relayed: Option<SocketAddr>,
 }
 
@@ -260,6 +261,7 @@ fn addresses(message: &str, candidates: &[Candidate]) -> Result<Addresses, Strin
         return Err(format!("{message} with {} candidates", candidates.len()));
     }
     let mut direct = Vec::new();
+    let mut reflexive = Vec::new();
     let mut relayed: Option<(u32, SocketAddr)> = None;
     for candidate in candidates {
         let address = candidate
@@ -268,10 +270,10 @@ fn addresses(message: &str, candidates: &[Candidate]) -> Result<Addresses, Strin
             .and_then(socket_addr)
             .ok_or_else(|| format!("{message} with a malformed candidate address"))?;
         match CandidateKind::try_from(candidate.kind) {
-            Ok(
-                CandidateKind::Host | CandidateKind::ServerReflexive | CandidateKind::PeerReflexive,
-            ) => {
+            Ok(CandidateKind::Host) => direct.push((candidate.priority, address)),
+            Ok(CandidateKind::ServerReflexive | CandidateKind::PeerReflexive) => {
                 direct.push((candidate.priority, address));
+                reflexive.push(address);
             }
             Ok(CandidateKind::Relayed) => {
                 if relayed.is_none_or(|(priority, _)| candidate.priority > priority) {
@@ -288,6 +290,7 @@ fn addresses(message: &str, candidates: &[Candidate]) -> Result<Addresses, Strin
     direct.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
     Ok(Addresses {
         direct: direct.into_iter().map(|(_, a)| a).collect(),
+        reflexive,
         relayed: relayed.map(|(_, a)| a),
     })
 }
@@ -334,6 +337,7 @@ fn punch_start(punch: PunchStart, clock: &ClockSync, now: Instant) -> Result<Bro
     Ok(BrokerEvent::PunchStart {
         user,
         candidates: addresses.direct,
+        reflexive: addresses.reflexive,
         start_at: clock.to_local(start_at, now),
         dialer,
     })

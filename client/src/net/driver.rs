@@ -8,16 +8,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rally_proto::broker::v1::{Candidate, CandidateKind, SocketAddress};
+use rally_proto::broker::v1::{Candidate, CandidateKind, NatType, RelayGrant, SocketAddress};
 use rally_quic::{Connection, DatagramError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::framing::{self, Datagram};
+use super::nat::NatReport;
 use super::peer::{Action, ConnectionState, Consent, Peer, PeerInfo};
+use super::relay_path::RelayPath;
 use super::stats::{Counters, Path, PeerStats, add};
-use super::{NetConfig, NetEvent, Packet, SendPolicy, connection};
+use super::traversal::{Failure, NatClass, Plan};
+use super::{NetConfig, NetEvent, Packet, SendPolicy, attempt, connection};
 use crate::broker::{BrokerEvent, BrokerLink};
 use crate::{Error, Result};
 
@@ -44,6 +47,20 @@ pub(crate) struct Slot {
     pub(crate) last_activity: Instant,
     pings: HashMap<u32, Instant>,
     punch_at: Option<Instant>,
+    /// The peer's public addresses from its last PunchStart.
+    punch_reflexive: Vec<SocketAddr>,
+    /// The peer's NAT, from its PeerInfo.
+    peer_nat: NatClass,
+    /// The pair's relay grant, when one arrived.
+    grant: Option<RelayGrant>,
+    /// The running connection attempt.
+    attempt: Option<attempt::Handle>,
+    /// This side's relayed path to the peer, while one is open.
+    relay_path: Option<RelayPath>,
+    /// The connection's path, when it changed, and how often it did.
+    path: Option<Path>,
+    path_since: Option<Instant>,
+    path_changes: u32,
 }
 
 impl Slot {
@@ -60,7 +77,41 @@ impl Slot {
             last_activity: Instant::now(),
             pings: HashMap::new(),
             punch_at: None,
+            punch_reflexive: Vec::new(),
+            peer_nat: NatClass::Unknown,
+            grant: None,
+            attempt: None,
+            relay_path: None,
+            path: None,
+            path_since: None,
+            path_changes: 0,
         }
+    }
+
+    /// Ends the attempt and the relayed path (the connection is gone or unwanted).
+    fn stop_traversal(&mut self) {
+        self.attempt = None;
+        self.relay_path = None;
+        self.grant = None;
+    }
+}
+
+/// The broker's NAT type for a measured class.
+pub(crate) fn nat_type(class: NatClass) -> NatType {
+    match class {
+        NatClass::Unknown => NatType::Unspecified,
+        NatClass::Open => NatType::Open,
+        NatClass::Moderate => NatType::Moderate,
+        NatClass::Strict => NatType::Strict,
+    }
+}
+
+fn nat_class(nat: NatType) -> NatClass {
+    match nat {
+        NatType::Unspecified => NatClass::Unknown,
+        NatType::Open => NatClass::Open,
+        NatType::Moderate => NatClass::Moderate,
+        NatType::Strict => NatClass::Strict,
     }
 }
 
@@ -100,6 +151,10 @@ pub(crate) struct Inner {
     pub(crate) rng: Mutex<Rng>,
     /// The room's members as last asked, and when.
     pub(crate) room_cache: Mutex<Option<(Instant, Option<Vec<Uuid>>)>>,
+    /// This client's NAT, as measured at start.
+    pub(crate) nat: Mutex<NatReport>,
+    /// Whether the server offers a relay.
+    pub(crate) relay_available: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +179,48 @@ pub(crate) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
         Vec::new()
     };
     candidates_for(local, &interfaces)
+}
+
+/// The IPs of host candidates.
+pub(crate) fn candidate_ips(candidates: &[Candidate]) -> Vec<IpAddr> {
+    candidates
+        .iter()
+        .filter_map(|c| c.address.as_ref()?.ip.parse().ok())
+        .collect()
+}
+
+/// `hosts` plus the server-reflexive address, unless it is one of them (no NAT). It ranks below
+/// routable host addresses (a LAN peer is better reached directly) and above loopback.
+pub(crate) fn with_reflexive(
+    mut hosts: Vec<Candidate>,
+    public: Option<SocketAddr>,
+) -> Vec<Candidate> {
+    let Some(public) = public else {
+        return hosts;
+    };
+    let known = hosts.iter().any(|c| {
+        c.address
+            .as_ref()
+            .is_some_and(|a| a.ip == public.ip().to_string() && a.port == u32::from(public.port()))
+    });
+    if !known && hosts.len() < 16 {
+        let at = hosts
+            .iter()
+            .position(|c| c.priority < 50)
+            .unwrap_or(hosts.len());
+        hosts.insert(
+            at,
+            Candidate {
+                kind: CandidateKind::ServerReflexive as i32,
+                address: Some(SocketAddress {
+                    ip: public.ip().to_string(),
+                    port: u32::from(public.port()),
+                }),
+                priority: 50,
+            },
+        );
+    }
+    hosts
 }
 
 /// Host candidates for `local` given the interfaces' addresses (pure, for tests): routable
@@ -207,8 +304,12 @@ impl Inner {
             ConnectionState::Connecting
         };
         let rtt = slot.conn.as_ref().map(|(_, c)| c.stats().rtt);
-        let path = slot.conn.as_ref().map(|_| Path::Direct);
-        Some(slot.counters.snapshot(state, path, rtt))
+        let path = slot.conn.as_ref().and(slot.path);
+        let mut stats = slot.counters.snapshot(state, path, rtt);
+        stats.path_since = slot.path_since;
+        stats.path_changes = slot.path_changes;
+        stats.remote_addr = slot.conn.as_ref().map(|(_, c)| c.remote_addr());
+        Some(stats)
     }
 
     /// The members of this user's room (itself included), or `None` when it is in none; at most
@@ -301,23 +402,27 @@ impl Inner {
         match action {
             Action::Allow(fingerprint) => self.transport.allow(fingerprint),
             Action::Disallow(fingerprint) => self.transport.disallow(fingerprint),
-            Action::Dial {
+            Action::Traverse {
+                dialer,
                 candidates,
                 fingerprint,
-            } => {
-                let at = lock(&self.peers).get(&user).and_then(|s| s.punch_at);
-                tokio::spawn(dial(self.clone(), user, candidates, fingerprint, at));
-            }
+            } => self.traverse(user, dialer, candidates, fingerprint),
             Action::CloseConnection => {
                 let mut peers = lock(&self.peers);
-                if let Some(slot) = peers.get_mut(&user)
-                    && let Some((_, conn)) = slot.conn.take()
-                {
-                    conn.close(0);
-                    slot.live.send_replace(None);
+                if let Some(slot) = peers.get_mut(&user) {
+                    slot.stop_traversal();
+                    if let Some((_, conn)) = slot.conn.take() {
+                        conn.close(0);
+                        slot.live.send_replace(None);
+                    }
                 }
             }
             Action::StateChanged(state) => {
+                if matches!(state, ConnectionState::Closed | ConnectionState::Timeout)
+                    && let Some(slot) = lock(&self.peers).get_mut(&user)
+                {
+                    slot.stop_traversal();
+                }
                 let _ = self
                     .events_tx
                     .send(NetEvent::ConnectionStateChanged { user, state });
@@ -565,8 +670,81 @@ impl Inner {
             .is_ok()
     }
 
-    /// A QUIC connection with `user`'s pinned certificate is up (dialed or accepted).
-    fn attach(self: &Arc<Self>, user: Uuid, conn: Connection) {
+    /// Starts a connection attempt with `user` (a PunchStart arrived).
+    fn traverse(
+        self: &Arc<Self>,
+        user: Uuid,
+        dialer: bool,
+        candidates: Vec<SocketAddr>,
+        fingerprint: [u8; 32],
+    ) {
+        let ours = lock(&self.nat).nat_type;
+        let mut peers = lock(&self.peers);
+        let Some(slot) = peers.get_mut(&user) else {
+            return;
+        };
+        let plan = Plan {
+            dialer,
+            candidates,
+            reflexive: slot.punch_reflexive.clone(),
+            ours,
+            theirs: slot.peer_nat,
+            policy: self.config.relay_policy,
+            relay_available: self.relay_available.load(Ordering::Relaxed),
+            granted: slot.grant.is_some(),
+        };
+        let start = slot.punch_at.unwrap_or_else(Instant::now);
+        // A new attempt replaces the old one (and its relayed path, unless connected on it).
+        slot.attempt = None;
+        if slot.conn.is_none() {
+            slot.relay_path = None;
+        }
+        slot.attempt = Some(attempt::spawn(
+            self.clone(),
+            user,
+            plan,
+            fingerprint,
+            start,
+            slot.grant.clone(),
+        ));
+    }
+
+    /// The attempt's relayed path to `user` is open.
+    pub(crate) fn set_relay_path(&self, user: Uuid, path: RelayPath) {
+        if let Some(slot) = lock(&self.peers).get_mut(&user)
+            && slot.attempt.is_some()
+        {
+            slot.relay_path = Some(path);
+        }
+    }
+
+    /// Where the local endpoint reaches the relayed path to `user`.
+    pub(crate) fn relay_path_local(&self, user: Uuid) -> Option<SocketAddr> {
+        lock(&self.peers)
+            .get(&user)
+            .and_then(|slot| slot.relay_path.as_ref().map(|p| p.local))
+    }
+
+    /// The attempt with `user` gave up: the game learns why, then that it timed out.
+    pub(crate) fn attempt_failed(self: &Arc<Self>, user: Uuid, failure: Failure) {
+        let actions = {
+            let mut peers = lock(&self.peers);
+            match peers.get_mut(&user) {
+                Some(slot) if slot.conn.is_none() => {
+                    let _ = self.events_tx.send(NetEvent::ConnectionFailed {
+                        user,
+                        reason: failure,
+                    });
+                    slot.peer.on_connection_down()
+                }
+                _ => Vec::new(),
+            }
+        };
+        self.apply(user, actions);
+    }
+
+    /// A QUIC connection with `user`'s pinned certificate is up (dialed or accepted) on `path`.
+    pub(crate) fn attach(self: &Arc<Self>, user: Uuid, conn: Connection, path: Path) {
         let mut peers = lock(&self.peers);
         let Some(slot) = peers.get_mut(&user) else {
             conn.close(0);
@@ -582,6 +760,20 @@ impl Inner {
             conn.close(0);
             return;
         }
+        if let Some(attempt) = &slot.attempt {
+            let _ = attempt.inputs.send(attempt::Input::Connected {
+                relayed: path == Path::Relayed,
+            });
+        }
+        if path == Path::Direct {
+            // The relayed path, if one opened meanwhile, is not needed.
+            slot.relay_path = None;
+        }
+        if slot.path.is_some_and(|p| p != path) {
+            slot.path_changes += 1;
+        }
+        slot.path = Some(path);
+        slot.path_since = Some(Instant::now());
         slot.generation += 1;
         let generation = slot.generation;
         slot.conn = Some((generation, conn.clone()));
@@ -610,19 +802,9 @@ impl Inner {
         }
         slot.conn = None;
         slot.live.send_replace(None);
+        slot.stop_traversal();
         let actions = slot.peer.on_connection_down();
         drop(peers);
-        self.apply(user, actions);
-    }
-
-    fn dial_failed(self: &Arc<Self>, user: Uuid) {
-        let actions = {
-            let mut peers = lock(&self.peers);
-            match peers.get_mut(&user) {
-                Some(slot) if slot.conn.is_none() => slot.peer.on_connection_down(),
-                _ => Vec::new(),
-            }
-        };
         self.apply(user, actions);
     }
 
@@ -644,33 +826,56 @@ impl Inner {
                 user,
                 fingerprint,
                 candidates,
+                nat_type,
                 ..
-            } => (
-                user,
-                self.with_peer(user, |p| {
-                    p.on_info(PeerInfo {
-                        fingerprint,
-                        candidates,
-                    })
-                }),
-            ),
+            } => {
+                let mut peers = lock(&self.peers);
+                let slot = peers
+                    .entry(user)
+                    .or_insert_with(|| Slot::new(self.config.connect_timeout));
+                slot.peer_nat = nat_class(nat_type);
+                let actions = slot.peer.on_info(PeerInfo {
+                    fingerprint,
+                    candidates,
+                });
+                (user, actions)
+            }
             BrokerEvent::PunchStart {
                 user,
                 candidates,
+                reflexive,
                 start_at,
                 dialer,
+                ..
             } => {
                 let mut peers = lock(&self.peers);
                 let slot = peers
                     .entry(user)
                     .or_insert_with(|| Slot::new(self.config.connect_timeout));
                 slot.punch_at = Some(start_at);
+                slot.punch_reflexive = reflexive;
                 (user, slot.peer.on_punch(dialer, candidates, Instant::now()))
             }
-            BrokerEvent::Attached { .. }
-            | BrokerEvent::Detached { .. }
-            | BrokerEvent::RelayGrant(_)
-            | BrokerEvent::Superseded => return,
+            BrokerEvent::RelayGrant(grant) => {
+                let Ok(user) = Uuid::try_parse(&grant.user_id) else {
+                    return;
+                };
+                if let Some(slot) = lock(&self.peers).get_mut(&user) {
+                    if let Some(attempt) = &slot.attempt {
+                        let _ = attempt.inputs.send(attempt::Input::Grant(grant.clone()));
+                    }
+                    slot.grant = Some(grant);
+                }
+                return;
+            }
+            BrokerEvent::Attached {
+                relay_available, ..
+            } => {
+                self.relay_available
+                    .store(relay_available, Ordering::Relaxed);
+                return;
+            }
+            BrokerEvent::Detached { .. } | BrokerEvent::Superseded => return,
         };
         self.apply(user, actions);
     }
@@ -753,12 +958,16 @@ async fn accept_loop(inner: Arc<Inner>) {
             return;
         };
         let fingerprint = conn.peer();
-        let user = lock(&inner.peers)
+        let remote = conn.remote_addr();
+        let found = lock(&inner.peers)
             .iter()
             .find(|(_, slot)| slot.peer.fingerprint() == Some(fingerprint))
-            .map(|(user, _)| *user);
-        match user {
-            Some(user) => inner.attach(user, conn),
+            .map(|(user, slot)| {
+                let relayed = slot.relay_path.as_ref().is_some_and(|p| p.local == remote);
+                (*user, if relayed { Path::Relayed } else { Path::Direct })
+            });
+        match found {
+            Some((user, path)) => inner.attach(user, conn, path),
             None => conn.close(0),
         }
     }
@@ -773,34 +982,6 @@ async fn ticker(inner: Arc<Inner>) {
             _ = tick.tick() => inner.tick(),
         }
     }
-}
-
-/// Dials `candidates` in order from the punch start time; the first pinned handshake wins.
-async fn dial(
-    inner: Arc<Inner>,
-    user: Uuid,
-    candidates: Vec<SocketAddr>,
-    fingerprint: [u8; 32],
-    at: Option<Instant>,
-) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at.into()).await;
-    }
-    for candidate in candidates {
-        let attempt = tokio::time::timeout(
-            inner.config.connect_timeout,
-            inner.transport.dial(candidate, fingerprint),
-        );
-        match attempt.await {
-            Ok(Ok(conn)) => {
-                inner.attach(user, conn);
-                return;
-            }
-            Ok(Err(error)) => tracing::debug!(%error, %user, %candidate, "dial failed"),
-            Err(_) => tracing::debug!(%user, %candidate, "dial timed out"),
-        }
-    }
-    inner.dial_failed(user);
 }
 
 #[cfg(test)]

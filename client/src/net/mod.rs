@@ -55,17 +55,23 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{Announcement, BrokerLink};
+use crate::broker::{Announcement, BrokerEvent, BrokerLink};
 use crate::{Error, Result, Session};
 
+mod attempt;
 mod connection;
 mod driver;
 pub mod framing;
+mod nat;
 pub mod peer;
+mod relay_path;
 mod stats;
+pub mod traversal;
 
+pub use nat::{Filtering, Mapping, NatReport};
 pub use peer::ConnectionState;
 pub use stats::{Path, PeerStats};
+pub use traversal::{Failure as ConnectFailure, NatClass, RelayPolicy, TraversalConfig};
 
 /// How a packet is sent (the Meta `ovrSendPolicy`, plus lanes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,6 +121,14 @@ pub enum NetEvent {
         /// The round trip, or `None` when no answer came within 5 seconds.
         rtt: Option<Duration>,
     },
+    /// A connection attempt failed for a known reason; a `ConnectionStateChanged` to
+    /// `Timeout` follows.
+    ConnectionFailed {
+        /// The peer.
+        user: Uuid,
+        /// Why.
+        reason: ConnectFailure,
+    },
 }
 
 /// Simulated network trouble on everything this client sends, for testing games (as Steam
@@ -146,6 +160,10 @@ pub struct NetConfig {
     pub inbox_packets: usize,
     /// Simulated lag and loss.
     pub fake: FakeNetwork,
+    /// Whether connections may go through the relay (default: only when no direct path opens).
+    pub relay_policy: RelayPolicy,
+    /// Punching, birthday probing and relay fallback timings and budgets.
+    pub traversal: TraversalConfig,
 }
 
 impl Default for NetConfig {
@@ -157,6 +175,8 @@ impl Default for NetConfig {
             send_buffer_bytes: 4 << 20,
             inbox_packets: 65_536,
             fake: FakeNetwork::default(),
+            relay_policy: RelayPolicy::Fallback,
+            traversal: TraversalConfig::default(),
         }
     }
 }
@@ -196,15 +216,42 @@ impl Net {
     /// # Ok(()) }
     /// ```
     pub async fn start(session: &Session, config: NetConfig) -> Result<Net> {
+        config
+            .traversal
+            .validate()
+            .map_err(Error::InvalidArgument)?;
         let transport = rally_quic::Transport::bind(config.transport.clone())
             .map_err(|e| Error::Transport(e.to_string()))?;
+        let hosts = driver::host_candidates(transport.local_addr());
         let announcement = Announcement {
             fingerprint: transport.fingerprint(),
-            candidates: driver::host_candidates(transport.local_addr()),
-            relay_policy: rally_proto::broker::v1::RelayPolicy::Fallback,
+            candidates: hosts.clone(),
+            relay_policy: match config.relay_policy {
+                RelayPolicy::Never => rally_proto::broker::v1::RelayPolicy::Never,
+                RelayPolicy::Fallback => rally_proto::broker::v1::RelayPolicy::Fallback,
+                RelayPolicy::Always => rally_proto::broker::v1::RelayPolicy::Always,
+            },
             nat_type: rally_proto::broker::v1::NatType::Unspecified,
         };
-        let (broker, events) = BrokerLink::attach(session, announcement).await?;
+        let (broker, mut events) = BrokerLink::attach(session, announcement).await?;
+        // The first event is the attachment, with the reflectors to measure the NAT against.
+        let first = events.recv().await;
+        let (reflectors, relay_available) = match &first {
+            Some(BrokerEvent::Attached {
+                reflectors,
+                relay_available,
+                ..
+            }) => (reflectors.clone(), *relay_available),
+            _ => (Vec::new(), false),
+        };
+        let host_ips = driver::candidate_ips(&hosts);
+        let report = nat::discover(&transport, &reflectors, &host_ips).await;
+        if report.public_address.is_some() || report.nat_type != NatClass::Unknown {
+            let candidates = driver::with_reflexive(hosts, report.public_address);
+            broker
+                .update_candidates(candidates, driver::nat_type(report.nat_type))
+                .await?;
+        }
         let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_packets.max(1));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(driver::Inner {
@@ -222,9 +269,33 @@ impl Net {
             shutdown: CancellationToken::new(),
             rng: std::sync::Mutex::new(driver::Rng::seeded()),
             room_cache: std::sync::Mutex::new(None),
+            nat: std::sync::Mutex::new(report),
+            relay_available: AtomicBool::new(relay_available),
         });
         driver::spawn(inner.clone(), events);
         Ok(Net { inner })
+    }
+
+    /// This client's NAT as measured when it started (Epic Online Services' NAT type): open,
+    /// moderate or strict, with the mapping and filtering behaviour and the public address.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// use rally_client::net::{Mapping, NatClass};
+    /// # let (_, net) = rally_client::doc_support::client(&url, "ada").await?;
+    /// let report = net.nat_report();
+    /// // On loopback the reflector sees this client's own address: no NAT.
+    /// assert_eq!(report.mapping, Mapping::NoNat);
+    /// assert_eq!(report.nat_type, NatClass::Open);
+    /// # Ok(()) }
+    /// ```
+    pub fn nat_report(&self) -> NatReport {
+        *self
+            .inner
+            .nat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// This client's user id.

@@ -4,8 +4,8 @@
 //! Inputs are what the game asked, what the broker said and what the transport did, with the
 //! time; outputs are [`Action`]s the driver carries out (broker calls, dials, allowing a
 //! certificate, events for the game). Nothing here touches a socket or a clock, so every path is
-//! unit-tested, timeouts included. NAT traversal (candidate pairs, punching, relay fallback) will
-//! refine [`Link::Punching`] without changing the consent half.
+//! unit-tested, timeouts included. How the link comes up through NATs (candidate pairs, punching,
+//! birthday probing, the relay) is `traversal.rs`'s; this machine only bounds it in time.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -74,9 +74,11 @@ pub enum Action {
     Allow([u8; 32]),
     /// No longer let it.
     Disallow([u8; 32]),
-    /// Dial these addresses in order, pinning the fingerprint.
-    Dial {
-        /// Candidates to try.
+    /// Start a connection attempt (NAT traversal): dial or accept, punching `candidates`.
+    Traverse {
+        /// Whether this side dials.
+        dialer: bool,
+        /// The peer's direct candidates, highest priority first.
         candidates: Vec<SocketAddr>,
         /// The pinned certificate.
         fingerprint: [u8; 32],
@@ -262,7 +264,8 @@ impl Peer {
         actions
     }
 
-    /// Start connecting: this side dials `candidates`, or waits for the peer's dial.
+    /// Start connecting: this side dials `candidates`, or accepts the peer's dial (punching
+    /// `candidates` so that its NAT lets it in).
     pub fn on_punch(
         &mut self,
         dialer: bool,
@@ -281,12 +284,11 @@ impl Peer {
             dialer,
             until: now + self.connect_timeout,
         };
-        if dialer {
-            actions.push(Action::Dial {
-                candidates,
-                fingerprint: info.fingerprint,
-            });
-        }
+        actions.push(Action::Traverse {
+            dialer,
+            candidates,
+            fingerprint: info.fingerprint,
+        });
         self.report(ConnectionState::Connecting, &mut actions);
         actions
     }
@@ -358,7 +360,8 @@ mod tests {
         let candidates = info(1).candidates;
         assert_eq!(
             peer.on_punch(true, candidates.clone(), now),
-            vec![Action::Dial {
+            vec![Action::Traverse {
+                dialer: true,
                 candidates,
                 fingerprint: [1; 32]
             }]
@@ -408,7 +411,14 @@ mod tests {
         peer.on_request(false);
         peer.accept();
         peer.on_info(info(2));
-        assert_eq!(peer.on_punch(false, Vec::new(), now), Vec::new());
+        assert_eq!(
+            peer.on_punch(false, Vec::new(), now),
+            vec![Action::Traverse {
+                dialer: false,
+                candidates: Vec::new(),
+                fingerprint: [2; 32]
+            }]
+        );
         assert!(peer.on_tick(now + T / 2).is_empty());
         assert_eq!(
             peer.on_tick(now + T),

@@ -24,6 +24,13 @@ pub struct PeerStats {
     pub path: Option<Path>,
     /// Smoothed round-trip time of the QUIC connection, while connected.
     pub rtt: Option<Duration>,
+    /// When the connection came up on its current path.
+    pub path_since: Option<std::time::Instant>,
+    /// How often the path changed (a relayed connection moving to a direct path).
+    pub path_changes: u32,
+    /// The peer's address as this side's QUIC endpoint sees it (for a relayed path: the local
+    /// relay forwarder's), while connected.
+    pub remote_addr: Option<std::net::SocketAddr>,
     /// Reliable packets the game handed over / that arrived.
     pub reliable_sent: u64,
     /// Reliable packets received.
@@ -93,6 +100,9 @@ impl Counters {
             state,
             path,
             rtt,
+            path_since: None,
+            path_changes: 0,
+            remote_addr: None,
             reliable_sent: get(&self.reliable_sent),
             reliable_received: get(&self.reliable_received),
             reliable_bytes_sent: get(&self.reliable_bytes_sent),

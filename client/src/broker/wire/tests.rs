@@ -122,7 +122,10 @@ fn punch_start_converts_the_start_time_and_the_role() {
     let punch = |role: PunchRole| {
         unsolicited(Body::PunchStart(PunchStart {
             user_id: PEER.into(),
-            candidates: vec![candidate(CandidateKind::Host, "10.0.0.2", 5000, 1)],
+            candidates: vec![
+                candidate(CandidateKind::Host, "10.0.0.2", 5000, 1),
+                candidate(CandidateKind::ServerReflexive, "100.64.0.9", 6000, 2),
+            ],
             start_at: Some(prost_types::Timestamp {
                 seconds: 1000,
                 nanos: 250_000_000,
@@ -133,6 +136,7 @@ fn punch_start_converts_the_start_time_and_the_role() {
     let Incoming::Event(BrokerEvent::PunchStart {
         user,
         candidates,
+        reflexive,
         start_at,
         dialer,
     }) = classify(punch(PunchRole::Dialer), &clock, now)
@@ -140,9 +144,16 @@ fn punch_start_converts_the_start_time_and_the_role() {
         panic!("expected a PunchStart");
     };
     assert_eq!(user, peer());
+    let public: SocketAddr = "100.64.0.9:6000".parse().expect("addr");
     assert_eq!(
         candidates,
-        vec!["10.0.0.2:5000".parse::<SocketAddr>().expect("addr")]
+        vec![public, "10.0.0.2:5000".parse::<SocketAddr>().expect("addr")],
+        "highest priority first"
+    );
+    assert_eq!(
+        reflexive,
+        vec![public],
+        "the public addresses are told apart"
     );
     assert_eq!(start_at, now + Duration::from_millis(250));
     assert!(dialer);
