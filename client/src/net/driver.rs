@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::connection::{LaneGates, StreamTally};
 use super::framing::{self, Datagram};
 use super::nat::NatReport;
 use super::peer::{Action, ConnectionState, Consent, Peer, PeerInfo};
@@ -31,8 +32,14 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long the room membership used for fan-out is reused.
 const ROOM_CACHE_TTL: Duration = Duration::from_millis(500);
 
-/// A connection with its generation (each new connection with a peer gets the next one).
-pub(crate) type Live = Option<(u64, Connection)>;
+/// A connection with its generation (each new connection with a peer gets the next one) and the
+/// tally of its open streams.
+pub(crate) type Live = Option<(u64, Connection, Arc<StreamTally>)>;
+
+/// After a path upgrade, how long the old connection stays at least (for streams the peer
+/// opened on it just before it moved too), and at most (waiting for its streams to end).
+const RETIRE_GRACE: Duration = Duration::from_millis(500);
+const RETIRE_LIMIT: Duration = Duration::from_secs(15);
 
 /// Everything `Net` knows about one remote user.
 pub(crate) struct Slot {
@@ -44,6 +51,8 @@ pub(crate) struct Slot {
     pub(crate) buffered: Arc<AtomicUsize>,
     sequence: u32,
     pub(crate) counters: Arc<Counters>,
+    /// The order of the peer's reliable streams, per lane.
+    gates: Arc<LaneGates>,
     pub(crate) last_activity: Instant,
     pings: HashMap<u32, Instant>,
     punch_at: Option<Instant>,
@@ -74,6 +83,7 @@ impl Slot {
             buffered: Arc::new(AtomicUsize::new(0)),
             sequence: 0,
             counters: Arc::new(Counters::default()),
+            gates: Arc::new(LaneGates::default()),
             last_activity: Instant::now(),
             pings: HashMap::new(),
             punch_at: None,
@@ -750,8 +760,10 @@ impl Inner {
             conn.close(0);
             return;
         };
-        if slot.conn.is_some() {
-            // One connection per pair: keep the first.
+        let upgrade =
+            slot.conn.is_some() && slot.path == Some(Path::Relayed) && path == Path::Direct;
+        if slot.conn.is_some() && !upgrade {
+            // One connection per pair: keep the first (unless it moves off the relay).
             conn.close(0);
             return;
         }
@@ -765,7 +777,22 @@ impl Inner {
                 relayed: path == Path::Relayed,
             });
         }
-        if path == Path::Direct {
+        if upgrade {
+            // Move to the direct path: writers finish their streams on the relayed connection
+            // (the peer acknowledges them) and continue on the new one; the relayed connection
+            // and its forwarder go once their streams have ended.
+            let old = slot.live.borrow().clone();
+            let forwarder = slot.relay_path.take();
+            if let Some((_, old, tally)) = old {
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETIRE_GRACE).await;
+                    let _ = tokio::time::timeout(RETIRE_LIMIT, tally.drained()).await;
+                    old.close(0);
+                    drop(forwarder);
+                });
+            }
+            tracing::debug!(%user, "moving the connection from the relay to a direct path");
+        } else if path == Path::Direct {
             // The relayed path, if one opened meanwhile, is not needed.
             slot.relay_path = None;
         }
@@ -778,8 +805,11 @@ impl Inner {
         let generation = slot.generation;
         slot.conn = Some((generation, conn.clone()));
         slot.last_activity = Instant::now();
-        slot.live.send_replace(Some((generation, conn.clone())));
+        let tally = Arc::new(StreamTally::default());
+        slot.live
+            .send_replace(Some((generation, conn.clone(), tally.clone())));
         let counters = slot.counters.clone();
+        let gates = slot.gates.clone();
         drop(peers);
         tokio::spawn(connection::serve(
             self.clone(),
@@ -787,6 +817,8 @@ impl Inner {
             generation,
             conn,
             counters,
+            gates,
+            tally,
         ));
         self.apply(user, actions);
     }

@@ -64,6 +64,9 @@ pub enum FramingError {
     /// A lane number outside `0..LANES`.
     #[error("lane {0} does not exist")]
     BadLane(u8),
+    /// Stream header flags this version does not know.
+    #[error("unknown stream flags {0:#04x}")]
+    BadFlags(u8),
 }
 
 impl Datagram {
@@ -103,9 +106,46 @@ impl Datagram {
     }
 }
 
-/// The first byte of a reliable stream: its lane.
-pub fn lane_header(lane: u8) -> [u8; 1] {
-    [lane]
+/// Bytes that open a reliable stream: the lane (1), the lane's stream number (4, big-endian)
+/// and flags (1).
+pub const STREAM_HEADER: usize = 6;
+const FLAG_FOLLOWS: u8 = 1;
+
+/// What opens a reliable stream. A lane's frames travel on one stream per connection; when the
+/// sender moves a lane to another connection (a path upgrade), the new stream `follows` the
+/// previous one, which it finished cleanly on a connection still open: the receiver delivers the
+/// new stream's frames only after the previous stream's, so nothing is reordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHeader {
+    /// The lane.
+    pub lane: u8,
+    /// The lane's stream number (0, 1, 2, ... per sender and lane).
+    pub index: u32,
+    /// Whether the previous stream (`index - 1`) must be read to its end first.
+    pub follows: bool,
+}
+
+impl StreamHeader {
+    /// The encoded header.
+    pub fn encode(&self) -> [u8; STREAM_HEADER] {
+        let index = self.index.to_be_bytes();
+        let flags = if self.follows { FLAG_FOLLOWS } else { 0 };
+        [self.lane, index[0], index[1], index[2], index[3], flags]
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, FramingError> {
+        let [lane, a, b, c, d, flags] = bytes else {
+            return Err(FramingError::Short);
+        };
+        if flags & !FLAG_FOLLOWS != 0 {
+            return Err(FramingError::BadFlags(*flags));
+        }
+        Ok(Self {
+            lane: check_lane(*lane)?,
+            index: u32::from_be_bytes([*a, *b, *c, *d]),
+            follows: flags & FLAG_FOLLOWS != 0,
+        })
+    }
 }
 
 /// Checks a lane byte read from a stream.
@@ -127,7 +167,7 @@ pub fn frame_header(payload_len: usize) -> [u8; RELIABLE_HEADER] {
 /// controls them).
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
-    lane: Option<u8>,
+    header: Option<StreamHeader>,
     buffer: BytesMut,
 }
 
@@ -137,20 +177,25 @@ impl FrameDecoder {
         self.buffer.extend_from_slice(chunk);
     }
 
-    /// The stream's lane, once its first byte arrived.
+    /// The stream's lane, once its header arrived.
     pub fn lane(&self) -> Option<u8> {
-        self.lane
+        self.header.map(|h| h.lane)
+    }
+
+    /// The stream's header, once it arrived.
+    pub fn header(&self) -> Option<StreamHeader> {
+        self.header
     }
 
     /// The next complete frame's payload, if one is buffered. Call until `Ok(None)` after each
     /// push, so the buffer never holds more than one frame and one chunk.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, FramingError> {
-        if self.lane.is_none() {
-            if self.buffer.is_empty() {
+        if self.header.is_none() {
+            if self.buffer.len() < STREAM_HEADER {
                 return Ok(None);
             }
-            let byte = self.buffer.split_to(1)[0];
-            self.lane = Some(check_lane(byte)?);
+            let header = self.buffer.split_to(STREAM_HEADER);
+            self.header = Some(StreamHeader::decode(&header)?);
         }
         if self.buffer.len() < RELIABLE_HEADER {
             return Ok(None);
@@ -282,7 +327,13 @@ mod tests {
     }
 
     fn encode_stream(lane: u8, payloads: &[Vec<u8>]) -> Vec<u8> {
-        let mut stream = lane_header(lane).to_vec();
+        let mut stream = StreamHeader {
+            lane,
+            index: 7,
+            follows: true,
+        }
+        .encode()
+        .to_vec();
         for payload in payloads {
             stream.extend_from_slice(&frame_header(payload.len()));
             stream.extend_from_slice(payload);
@@ -293,10 +344,13 @@ mod tests {
     #[test]
     fn a_bad_lane_or_an_oversized_frame_is_an_error() {
         let mut decoder = FrameDecoder::default();
-        decoder.push(&[LANES]);
+        decoder.push(&[LANES, 0, 0, 0, 0, 0]);
         assert_eq!(decoder.next_frame(), Err(FramingError::BadLane(LANES)));
         let mut decoder = FrameDecoder::default();
-        decoder.push(&[0, 0xff, 0xfe]);
+        decoder.push(&[0, 0, 0, 0, 0, 2]);
+        assert_eq!(decoder.next_frame(), Err(FramingError::BadFlags(2)));
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&[0, 0, 0, 0, 0, 0, 0xff, 0xfe]);
         assert!(decoder.next_frame().is_err());
     }
 
@@ -320,6 +374,7 @@ mod tests {
                 }
             }
             prop_assert_eq!(decoder.lane(), Some(lane));
+            prop_assert_eq!(decoder.header().map(|h| (h.index, h.follows)), Some((7, true)));
             prop_assert_eq!(got, payloads);
             prop_assert_eq!(decoder.pending(), 0);
         }

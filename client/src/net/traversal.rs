@@ -68,9 +68,8 @@ pub struct TraversalConfig {
     pub birthday_probes_per_second: u32,
     /// While relayed, how often a round of direct attempts runs (default 5 s).
     pub upgrade_interval: Duration,
-    /// Rounds of direct attempts while relayed (default 0: moving a live connection from the
-    /// relay to a direct path is not wired into `Net` yet, so a direct connection found then
-    /// would be dropped).
+    /// Rounds of direct attempts while relayed (default 12: a minute); a direct connection
+    /// found then replaces the relayed one without losing or reordering reliable packets.
     pub upgrade_rounds: u32,
 }
 
@@ -84,7 +83,7 @@ impl Default for TraversalConfig {
             birthday_probes: 1024,
             birthday_probes_per_second: 500,
             upgrade_interval: Duration::from_secs(5),
-            upgrade_rounds: 0,
+            upgrade_rounds: 12,
         }
     }
 }
