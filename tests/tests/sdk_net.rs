@@ -717,3 +717,34 @@ async fn loopback_clients_report_no_nat_and_connect_directly() {
     connect_pair(&a, &b).await;
     assert_eq!(a.net.stats(b.user).and_then(|s| s.path), Some(Path::Direct));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relayed_connection_outlives_its_first_grant() {
+    // Grants of 6 s: the pair renews its allocation at 70% of that, so traffic keeps flowing
+    // through the relay for longer than any one grant.
+    let server = TestServer::start_with(Backend::Sqlite, &["--relay-grant-ttl-secs", "6"])
+        .await
+        .expect("sqlite server");
+    let mut hiding = loopback_config();
+    hiding.relay_policy = RelayPolicy::Always;
+    let a = client_with(&server, "hiding", hiding).await;
+    let b = client(&server, "open").await;
+    connect_pair(&a, &b).await;
+    let started = std::time::Instant::now();
+    let mut i = 0u32;
+    while started.elapsed() < Duration::from_secs(14) {
+        a.net
+            .send_packet(b.user, payload(i, 100), SendPolicy::Reliable)
+            .expect("send");
+        assert_eq!(packet(&b.net).await.data, payload(i, 100), "packet {i}");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.net.is_connected(b.user));
+    assert_eq!(
+        a.net.stats(b.user).and_then(|s| s.path),
+        Some(Path::Relayed)
+    );
+    let counters = server.relay_counters().expect("relay runs");
+    assert_eq!(counters.dropped_over_limit, 0, "{counters:?}");
+}

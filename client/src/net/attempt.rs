@@ -188,7 +188,7 @@ impl Attempt {
                     let quic = relay_path::reachable(inner.transport.local_addr());
                     match relay_path::open(&grant, quic, &inner.shutdown).await {
                         Ok(path) => {
-                            inner.set_relay_path(user, path);
+                            inner.set_relay_path(user, path, &grant);
                             let _ = inputs.send(Input::RelayOpen);
                         }
                         Err(error) => {

@@ -18,7 +18,7 @@ use super::connection::{LaneGates, StreamTally};
 use super::framing::{self, Datagram};
 use super::nat::NatReport;
 use super::peer::{Action, ConnectionState, Consent, Peer, PeerInfo};
-use super::relay_path::RelayPath;
+use super::relay_path::{self, RelayPath};
 use super::stats::{Counters, Path, PeerStats, add};
 use super::traversal::{Failure, NatClass, Plan};
 use super::{NetConfig, NetEvent, Packet, SendPolicy, attempt, connection};
@@ -66,6 +66,10 @@ pub(crate) struct Slot {
     attempt: Option<attempt::Handle>,
     /// This side's relayed path to the peer, while one is open.
     relay_path: Option<RelayPath>,
+    /// When to ask for a renewed relay grant (the lower user id of the pair asks), and whether
+    /// a request is under way.
+    renew_at: Option<Instant>,
+    renewing: bool,
     /// The connection's path, when it changed, and how often it did.
     path: Option<Path>,
     path_since: Option<Instant>,
@@ -92,6 +96,8 @@ impl Slot {
             grant: None,
             attempt: None,
             relay_path: None,
+            renew_at: None,
+            renewing: false,
             path: None,
             path_since: None,
             path_changes: 0,
@@ -719,12 +725,59 @@ impl Inner {
         ));
     }
 
-    /// The attempt's relayed path to `user` is open.
-    pub(crate) fn set_relay_path(&self, user: Uuid, path: RelayPath) {
+    /// The attempt's relayed path to `user` is open, with `grant`.
+    pub(crate) fn set_relay_path(&self, user: Uuid, path: RelayPath, grant: &RelayGrant) {
         if let Some(slot) = lock(&self.peers).get_mut(&user)
             && slot.attempt.is_some()
         {
             slot.relay_path = Some(path);
+            slot.renew_at = Some(Instant::now() + relay_path::renew_after(grant));
+        }
+    }
+
+    /// A relay grant for the pair with `user` arrived: a path that is open presents it (a
+    /// renewal: same allocation, later expiry).
+    fn renewed(&self, user: Uuid, grant: &RelayGrant) {
+        if let Some(slot) = lock(&self.peers).get_mut(&user) {
+            slot.renewing = false;
+            if let Some(path) = &slot.relay_path
+                && path.renew(grant)
+            {
+                slot.renew_at = Some(Instant::now() + relay_path::renew_after(grant));
+            }
+        }
+    }
+
+    /// Asks for a renewed grant for every relayed path due (this side being the pair's lower
+    /// user id, so one request per pair).
+    fn renew_grants(self: &Arc<Self>, now: Instant) {
+        let due: Vec<Uuid> = lock(&self.peers)
+            .iter_mut()
+            .filter(|(user, slot)| {
+                self.me < **user
+                    && slot.relay_path.is_some()
+                    && !slot.renewing
+                    && slot.renew_at.is_some_and(|at| now >= at)
+            })
+            .map(|(user, slot)| {
+                slot.renewing = true;
+                *user
+            })
+            .collect();
+        for user in due {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                match inner.broker.request_relay_grant(user).await {
+                    Ok(grant) => inner.renewed(user, &grant),
+                    Err(error) => {
+                        tracing::debug!(%error, %user, "relay grant renewal refused; retrying");
+                        if let Some(slot) = lock(&inner.peers).get_mut(&user) {
+                            slot.renewing = false;
+                            slot.renew_at = Some(Instant::now() + Duration::from_secs(5));
+                        }
+                    }
+                }
+            });
         }
     }
 
@@ -892,6 +945,7 @@ impl Inner {
                 let Ok(user) = Uuid::try_parse(&grant.user_id) else {
                     return;
                 };
+                self.renewed(user, &grant);
                 if let Some(slot) = lock(&self.peers).get_mut(&user) {
                     if let Some(attempt) = &slot.attempt {
                         let _ = attempt.inputs.send(attempt::Input::Grant(grant.clone()));
@@ -964,6 +1018,7 @@ impl Inner {
         for (user, actions) in work {
             self.apply(user, actions);
         }
+        self.renew_grants(now);
     }
 }
 

@@ -19,6 +19,7 @@ use rally_proto::broker::v1::RelayGrant;
 use rally_relay::grant::GRANT_BYTES;
 use rally_relay::wire::{self, Message};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How often the grant is presented until the relay answers.
@@ -44,7 +45,39 @@ struct PathCounters {
 pub(crate) struct RelayPath {
     /// Where the local QUIC endpoint reaches the forwarder (and sees the peer).
     pub(crate) local: SocketAddr,
+    allocation: [u8; 16],
+    renewals: mpsc::UnboundedSender<[u8; GRANT_BYTES]>,
     stop: CancellationToken,
+}
+
+impl RelayPath {
+    /// Presents a renewed grant for the same allocation (a later expiry); false when it is not
+    /// for this path's allocation or malformed.
+    pub(crate) fn renew(&self, grant: &RelayGrant) -> bool {
+        let Ok(token) = <[u8; GRANT_BYTES]>::try_from(grant.token.as_slice()) else {
+            return false;
+        };
+        grant.allocation_id.as_slice() == self.allocation && self.renewals.send(token).is_ok()
+    }
+}
+
+/// When to ask for a renewed grant: at 70% of the grant's remaining lifetime (by this machine's
+/// clock), at least 5 s and at most 10 minutes from now.
+pub(crate) fn renew_after(grant: &RelayGrant) -> Duration {
+    let remaining_ms = grant
+        .expires_at
+        .as_ref()
+        .map(|t| {
+            let expires = i128::from(t.seconds) * 1000 + i128::from(t.nanos / 1_000_000);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i128);
+            expires - now
+        })
+        .unwrap_or(0);
+    let after = remaining_ms.max(0) * 7 / 10;
+    Duration::from_millis(u64::try_from(after).unwrap_or(u64::MAX))
+        .clamp(Duration::from_secs(5), Duration::from_secs(600))
 }
 
 impl Drop for RelayPath {
@@ -158,35 +191,79 @@ pub(crate) async fn open(
     }
     let stop = shutdown.child_token();
     let counters = Arc::new(PathCounters::default());
+    let (renewals, renewals_rx) = mpsc::unbounded_channel();
     tokio::spawn(forward(
-        socket,
-        relay,
-        quic,
-        allocation,
-        counters,
+        Forwarder {
+            socket,
+            relay,
+            quic,
+            allocation,
+            side,
+            counters,
+        },
+        renewals_rx,
         stop.clone(),
         buf,
     ));
     tracing::debug!(%relay, port, "relayed path open");
     Ok(RelayPath {
         local: SocketAddr::new(quic.ip(), port),
+        allocation,
+        renewals,
         stop,
     })
 }
 
-async fn forward(
+struct Forwarder {
     socket: UdpSocket,
     relay: SocketAddr,
     quic: SocketAddr,
     allocation: [u8; 16],
+    side: u8,
     counters: Arc<PathCounters>,
+}
+
+async fn forward(
+    path: Forwarder,
+    mut renewals: mpsc::UnboundedReceiver<[u8; GRANT_BYTES]>,
     stop: CancellationToken,
     mut buf: Vec<u8>,
 ) {
+    let Forwarder {
+        socket,
+        relay,
+        quic,
+        allocation,
+        side,
+        counters,
+    } = path;
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    // A renewed grant being presented: the request, tries left, and when to repeat it.
+    let mut renewal: Option<(Vec<u8>, u32, tokio::time::Instant)> = None;
     loop {
+        let repeat_at = renewal.as_ref().map(|(_, _, at)| *at);
         let received = tokio::select! {
             () = stop.cancelled() => return,
+            token = renewals.recv() => {
+                if let Some(token) = token {
+                    let mut request = Vec::new();
+                    wire::encode(&Message::Allocate { side, grant: &token }, &mut request);
+                    renewal = Some((request, ALLOCATE_TRIES, tokio::time::Instant::now()));
+                }
+                continue;
+            }
+            () = sleep_until(repeat_at) => {
+                if let Some((request, tries, at)) = &mut renewal {
+                    let _ = socket.send_to(request, relay).await;
+                    *tries -= 1;
+                    *at += ALLOCATE_INTERVAL;
+                    if *tries == 0 {
+                        tracing::debug!(%relay, "the relay did not confirm a renewed grant");
+                        renewal = None;
+                    }
+                }
+                continue;
+            }
             received = socket.recv_from(&mut buf) => received,
         };
         let (len, from) = match received {
@@ -206,6 +283,11 @@ async fn forward(
                 }) if a == allocation => {
                     counters.from_relay.fetch_add(1, Ordering::Relaxed);
                     socket.send_to(payload, quic).await
+                }
+                Ok(Message::Allocated { allocation: a, .. }) if a == allocation => {
+                    // The relay took the renewed grant (or repeats an earlier answer).
+                    renewal = None;
+                    continue;
                 }
                 _ => {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +316,13 @@ async fn forward(
         if let Err(error) = sent {
             tracing::trace!(%error, "relayed path send error");
         }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
