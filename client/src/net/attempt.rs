@@ -139,24 +139,10 @@ impl Attempt {
                     tracing::trace!(%error, %to, "probe not sent");
                 }
             }
-            Step::Dial(to) => {
-                let (inner, inputs, cancel) =
-                    (inner.clone(), self.inputs.clone(), self.cancel.clone());
-                let fingerprint = self.fingerprint;
-                tokio::spawn(async move {
-                    let dialed = tokio::select! {
-                        () = cancel.cancelled() => return,
-                        dialed = inner.transport.dial(to, fingerprint) => dialed,
-                    };
-                    match dialed {
-                        Ok(conn) => inner.attach(user, conn, Path::Direct),
-                        Err(error) => {
-                            tracing::debug!(%error, %user, %to, "dial failed");
-                            let _ = inputs.send(Input::DialFailed(to));
-                        }
-                    }
-                });
-            }
+            Step::Dial(to) => self.dial(to, Path::Direct, move |error| {
+                tracing::debug!(%error, %user, %to, "dial failed");
+                Input::DialFailed(to)
+            }),
             Step::OpenBirthdaySockets { count, toward } => {
                 tokio::spawn(birthday(
                     inner.clone(),
@@ -204,26 +190,39 @@ impl Attempt {
                         .send(Input::RelayFailed("the relayed path closed".into()));
                     return;
                 };
-                let (inner, inputs, cancel) =
-                    (inner.clone(), self.inputs.clone(), self.cancel.clone());
-                let fingerprint = self.fingerprint;
-                tokio::spawn(async move {
-                    let dialed = tokio::select! {
-                        () = cancel.cancelled() => return,
-                        dialed = inner.transport.dial(local, fingerprint) => dialed,
-                    };
-                    match dialed {
-                        Ok(conn) => inner.attach(user, conn, Path::Relayed),
-                        Err(error) => {
-                            let _ = inputs.send(Input::RelayFailed(format!(
-                                "the handshake through the relay failed: {error}"
-                            )));
-                        }
-                    }
+                self.dial(local, Path::Relayed, |error| {
+                    Input::RelayFailed(format!("the handshake through the relay failed: {error}"))
                 });
             }
             Step::GiveUp(failure) => inner.attempt_failed(user, failure),
         }
+    }
+}
+
+impl Attempt {
+    /// Dials `to` in the background: the connection attaches on `path`, or `failed` says what
+    /// to feed back.
+    fn dial(
+        &self,
+        to: SocketAddr,
+        path: Path,
+        failed: impl FnOnce(rally_quic::TransportError) -> Input + Send + 'static,
+    ) {
+        let (inner, inputs, cancel) =
+            (self.inner.clone(), self.inputs.clone(), self.cancel.clone());
+        let (user, fingerprint) = (self.user, self.fingerprint);
+        tokio::spawn(async move {
+            let dialed = tokio::select! {
+                () = cancel.cancelled() => return,
+                dialed = inner.transport.dial(to, fingerprint) => dialed,
+            };
+            match dialed {
+                Ok(conn) => inner.attach(user, conn, path),
+                Err(error) => {
+                    let _ = inputs.send(failed(error));
+                }
+            }
+        });
     }
 }
 
