@@ -30,6 +30,9 @@
 //!   drops unsolicited UDP to its own address (`-A INPUT -i wan0 -p udp -j DROP`), as home routers
 //!   do, because otherwise an early probe from a peer leaves a conntrack entry that makes
 //!   MASQUERADE change our port. Hairpinning is off.
+//! - A router's WAN link may be impaired ([`Lab::add_router_impaired`]): a middle namespace, a
+//!   pure layer-2 pipe, runs the delay forwarder (`rally-lab-node delay`, see [`delay`]) between
+//!   `wan0` and the internet, and iptables `statistic` rules in the router drop packets each way.
 //! - Everything runs as root through `ip`, `ip netns exec`, `iptables`, `sysctl` and `conntrack`.
 //!   Without root or those tools, [`Lab::new`] says `skipped: <why>` and returns an error, or
 //!   panics under `CI=true` so that CI cannot pass by skipping ([`lab_or_skip!`](crate::lab_or_skip)).
@@ -45,6 +48,9 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 mod command;
+pub mod delay;
+pub mod hostile;
+mod impairment;
 mod nat;
 pub mod node;
 mod prerequisites;
@@ -52,6 +58,7 @@ mod process;
 mod router;
 
 pub use command::{CommandFailed, Namespace};
+pub use impairment::{Impairment, LinkReport};
 pub use nat::NatKind;
 pub use prerequisites::LabUnavailable;
 pub use process::{ExpectFailed, NamespacedProcess};
@@ -101,6 +108,8 @@ pub(crate) struct Shared {
     dir: tempfile::TempDir,
     namespaces: Mutex<Vec<String>>,
     processes: Mutex<Vec<process::Owned>>,
+    /// The processes the lab itself runs (link forwarders), kept alive until it is dropped.
+    forwarders: Mutex<Vec<NamespacedProcess>>,
     next_segment: AtomicU8,
 }
 
@@ -136,6 +145,7 @@ impl Lab {
             dir,
             namespaces: Mutex::new(Vec::new()),
             processes: Mutex::new(Vec::new()),
+            forwarders: Mutex::new(Vec::new()),
             next_segment: AtomicU8::new(1),
         });
         // The internet namespace is also the probe: if it cannot be made, the lab cannot run.
@@ -183,6 +193,26 @@ impl Lab {
     /// kernel refuses a step, with the command and its stderr.
     #[track_caller]
     pub fn add_router(&self, kind: NatKind) -> Router {
+        self.add_router_with(kind, None)
+    }
+
+    /// As [`Lab::add_router`], with the router's WAN link through `impairment`: a middle
+    /// namespace running `rally-lab-node delay` (`node`, the binary's path) between `wan0` and
+    /// the internet, and random loss in the router (see [`Impairment`]). The forwarder belongs to
+    /// the lab. Panics for [`NatKind::None`] (no router to impair).
+    #[track_caller]
+    pub fn add_router_impaired(
+        &self,
+        kind: NatKind,
+        impairment: Impairment,
+        node: &Path,
+    ) -> Router {
+        assert_ne!(kind, NatKind::None, "only a router's link can be impaired");
+        self.add_router_with(kind, Some((impairment, node)))
+    }
+
+    #[track_caller]
+    fn add_router_with(&self, kind: NatKind, impaired: Option<(Impairment, &Path)>) -> Router {
         let segment = self.shared.next_segment.fetch_add(1, Ordering::Relaxed);
         assert!(
             (1..=MAX_SEGMENT).contains(&segment),
@@ -191,7 +221,7 @@ impl Lab {
         let public_ip = Ipv4Addr::new(100, 64, 0, 10 + segment);
         let ns = (kind != NatKind::None).then(|| {
             let ns = must(Namespace::create(&self.shared));
-            must(self.build_router(&ns, kind, segment, public_ip));
+            must(self.build_router(&ns, kind, segment, public_ip, impaired));
             ns
         });
         Router::new(&self.shared, &self.internet, ns, kind, segment, public_ip)
@@ -203,8 +233,20 @@ impl Lab {
         kind: NatKind,
         segment: u8,
         public_ip: Ipv4Addr,
+        impaired: Option<(Impairment, &Path)>,
     ) -> Result<(), CommandFailed> {
-        router::plug_into_internet(&self.internet, ns, segment, "wan0")?;
+        match impaired {
+            None => router::plug_into_internet(&self.internet, ns, segment, "wan0")?,
+            Some((impairment, node)) => impairment::plug_through(
+                &self.shared,
+                &self.internet,
+                ns,
+                segment,
+                public_ip,
+                impairment,
+                node,
+            )?,
+        }
         ns.ip(&["addr", "add", &format!("{public_ip}/24"), "dev", "wan0"])?;
         ns.ip(&["link", "set", "wan0", "up"])?;
         ns.ip(&["link", "add", "lan0", "type", "bridge"])?;
@@ -235,6 +277,7 @@ impl Drop for Lab {
                 owned.print_stderr();
             }
         }
+        drop(std::mem::take(&mut *lock(&self.shared.forwarders)));
         let namespaces = std::mem::take(&mut *lock(&self.shared.namespaces));
         for name in namespaces.iter().rev() {
             command::delete_namespace(name);

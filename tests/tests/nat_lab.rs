@@ -13,10 +13,6 @@ use rally_e2e::lab::{Lab, NatKind};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rally-lab-node");
 
-/// rallyd's fixed ports on the lab's internet.
-const GRPC_PORT: u16 = 7350;
-const RELAY_PORT: u16 = 3478;
-
 /// How long a connection may take to come up (the SDK's own connect timeout is 10 s).
 const CONNECT: Duration = Duration::from_secs(15);
 
@@ -33,16 +29,7 @@ fn node() -> &'static Path {
 /// rallyd on the lab's internet; its relay listens on three addresses (two IPs, and two ports
 /// on the first), so clients can measure their NAT's mapping and filtering.
 fn rallyd(lab: &Lab) -> ServerNode {
-    let [first, second, _] = lab.server_ips();
-    let more = format!("{second}:{RELAY_PORT},{first}:{}", RELAY_PORT + 1);
-    ServerNode::start(
-        lab,
-        lab.internet(),
-        node(),
-        SocketAddr::from((first, GRPC_PORT)),
-        SocketAddr::from((first, RELAY_PORT)),
-        &["--relay-listen", &more],
-    )
+    ServerNode::start_default(lab, node())
 }
 
 /// Both players ask for the connection (crossing connects count as consent on both sides) and
@@ -352,4 +339,73 @@ fn relay_policy_always_relays_and_hides_the_address() {
     );
     assert_ne!(seen.ip(), std::net::IpAddr::V4(a_router.public_ip()));
     assert_ne!(seen.ip(), std::net::IpAddr::V4(a_host.ip));
+}
+
+/// Path upgrade: with the direct path blocked (an iptables DROP in one router), the pair
+/// connects through the relay; once it is unblocked, the connection moves to the direct path
+/// while reliable packets flow, and every packet arrives once, in order, intact.
+#[test]
+fn a_relayed_connection_moves_to_the_direct_path_when_it_opens() {
+    let lab = rally_e2e::lab_or_skip!("path-upgrade");
+    let server = rallyd(&lab);
+    let a_router = lab.add_router(NatKind::PortRestricted);
+    let b_router = lab.add_router(NatKind::FullCone);
+    let a_host = a_router.add_host();
+    let b_host = b_router.add_host();
+    let a_ns = a_router.ns().expect("a router namespace");
+    let b_public = b_router.public_ip().to_string();
+    let rules: [[&str; 6]; 2] = [
+        ["FORWARD", "-d", &b_public, "-p", "udp", "-j"],
+        ["FORWARD", "-s", &b_public, "-p", "udp", "-j"],
+    ];
+    for rule in &rules {
+        let mut args = vec!["-I"];
+        args.extend_from_slice(rule);
+        args.push("DROP");
+        a_ns.iptables(&args).expect("block the direct path");
+    }
+    let mut ada = PeerNode::start(&a_host, node(), &server, "ada");
+    let mut bob = PeerNode::start(&b_host, node(), &server, "bob");
+    let (ab, ba) = connect_both(&mut ada, &mut bob);
+    assert_eq!((ab.path.as_str(), ba.path.as_str()), ("relayed", "relayed"));
+    let mut sent = 0;
+    ada.send(bob.user(), Policy::Reliable, 1000, 500);
+    sent += 1000;
+    for rule in &rules {
+        let mut args = vec!["-D"];
+        args.extend_from_slice(rule);
+        args.push("DROP");
+        a_ns.iptables(&args).expect("unblock the direct path");
+    }
+    let unblocked = Instant::now();
+    // Keep packets flowing until both sides report the direct path (the next round of direct
+    // attempts runs within the upgrade interval, 5 s).
+    let deadline = unblocked + Duration::from_secs(20);
+    loop {
+        ada.send(bob.user(), Policy::Reliable, 50, 500);
+        sent += 50;
+        let a_path = ada.stats(bob.user()).path;
+        let b_path = bob.stats(ada.user()).path;
+        if a_path.as_deref() == Some("direct") && b_path.as_deref() == Some("direct") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {a_path:?}/{b_path:?} 20 s after unblocking"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "moved to the direct path {} ms after unblocking",
+        unblocked.elapsed().as_millis()
+    );
+    ada.send(bob.user(), Policy::Reliable, 1000, 500);
+    sent += 1000;
+    let got = bob.expect_packets(ada.user(), Policy::Reliable, sent, DELIVERY);
+    assert!(
+        got.complete && got.count == sent && got.in_order && got.intact && got.duplicates == 0,
+        "{sent} reliable packets across the move: {got:?}"
+    );
+    // And the other way, on the direct path.
+    reliable_packets_arrive(&mut bob, &mut ada, 500);
 }

@@ -312,13 +312,7 @@ impl Inner {
     pub(crate) fn stats(&self, user: Uuid) -> Option<PeerStats> {
         let peers = lock(&self.peers);
         let slot = peers.get(&user)?;
-        let state = if slot.peer.is_connected() {
-            ConnectionState::Connected
-        } else if slot.peer.is_idle() {
-            ConnectionState::Closed
-        } else {
-            ConnectionState::Connecting
-        };
+        let state = slot.peer.state();
         let rtt = slot.conn.as_ref().map(|(_, c)| c.stats().rtt);
         let path = slot.conn.as_ref().and(slot.path);
         let mut stats = slot.counters.snapshot(state, path, rtt);

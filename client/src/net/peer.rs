@@ -138,6 +138,19 @@ impl Peer {
         self.link == Link::Up
     }
 
+    /// The connection's state as the game last saw it in an event (`Connected` while the link
+    /// is up; `Closed` for a peer nothing happened with).
+    pub fn state(&self) -> ConnectionState {
+        if self.is_connected() {
+            return ConnectionState::Connected;
+        }
+        match self.reported {
+            Some(ConnectionState::Connected) | None if self.is_idle() => ConnectionState::Closed,
+            Some(ConnectionState::Connected) | None => ConnectionState::Connecting,
+            Some(state) => state,
+        }
+    }
+
     /// Whether nothing is left of this peer (it may be forgotten).
     pub fn is_idle(&self) -> bool {
         self.consent == Consent::None && self.link == Link::Down
@@ -371,6 +384,7 @@ mod tests {
             vec![Action::StateChanged(ConnectionState::Connected)]
         );
         assert!(peer.is_connected());
+        assert_eq!(peer.state(), ConnectionState::Connected);
         assert_eq!(
             peer.close(),
             vec![
@@ -423,6 +437,11 @@ mod tests {
         assert_eq!(
             peer.on_tick(now + T),
             vec![Action::StateChanged(ConnectionState::Timeout)]
+        );
+        assert_eq!(
+            peer.state(),
+            ConnectionState::Timeout,
+            "as the game was told"
         );
         assert_eq!(
             peer.connect(),

@@ -1,11 +1,17 @@
 //! `rally-lab-node`: one node of the NAT lab (`rally_e2e::lab`), run inside a network namespace
-//! and driven over stdin/stdout by a test. Three modes:
+//! and driven over stdin/stdout by a test. Five modes:
 //!
 //! - `server -- <rallyd flags>`: rallyd in-process; prints `listening`, runs until its input
 //!   ends (or `quit`, SIGTERM, SIGINT), then shuts down gracefully.
-//! - `peer --server URL --name NAME [--bind IP:PORT]`: an SDK client (device login, `Net`)
+//! - `peer --server URL --name NAME [--bind IP:PORT] [--relay-policy P]`: an SDK client (device login, `Net`)
 //!   driven by the commands of `rally_e2e::lab::node::protocol`.
 //! - `udp --bind IP:PORT`: a plain UDP socket (`send IP:PORT text`, prints every datagram).
+//! - `delay --a IF --b IF --delay-ms N --jitter-ms N [--seed N]`: forwards every frame between
+//!   two interfaces after its own delay (`rally_e2e::lab::delay`); prints `{"event":"ready"}`,
+//!   answers `stats` with its counters, runs until its input ends.
+//! - `hostile --listen IP:PORT --upstream IP:PORT --flip-percent N --replay-percent M
+//!   [--marker TEXT]`: a tampering UDP forwarder in front of the relay
+//!   (`rally_e2e::lab::hostile`); prints `hostile-ready`, answers `stats` with its counters.
 //!
 //! stdout carries only the protocol's JSON lines; logs go to stderr (filter: `RALLY_LOG`, default
 //! `info,rally_client=debug`), which the lab keeps in a file.
@@ -19,6 +25,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rally_client::net::{ConnectionState, Net, NetConfig, NetEvent, RelayPolicy, SendPolicy};
+use rally_e2e::lab::delay::{DelayArgs, Forwarder};
 use rally_e2e::lab::node::protocol::{
     NodeEvent, PeerCommand, Policy, Received, StatsReport, read_test_packet, test_packet,
 };
@@ -68,6 +75,10 @@ enum Mode {
         #[arg(long)]
         bind: SocketAddr,
     },
+    /// Forwards frames between two interfaces, each after its own delay.
+    Delay(DelayArgs),
+    /// Forwards to the relay and back, tampering with what it carries.
+    Hostile(rally_e2e::lab::hostile::HostileArgs),
 }
 
 #[tokio::main]
@@ -89,6 +100,10 @@ async fn main() -> ExitCode {
             relay_policy,
         } => peer(&server, &name, bind, relay_policy.into()).await,
         Mode::Udp { bind } => udp(bind).await,
+        Mode::Delay(args) => delay(args).await,
+        Mode::Hostile(args) => rally_e2e::lab::hostile::run(args, stdin_lines())
+            .await
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => {
@@ -211,6 +226,33 @@ async fn udp(bind: SocketAddr) -> anyhow::Result<()> {
             )),
         }
     }
+    Ok(())
+}
+
+async fn delay(args: DelayArgs) -> anyhow::Result<()> {
+    let forwarder = Forwarder::open(&args.a, &args.b)?;
+    let stats = forwarder.stats();
+    let print = |value: serde_json::Value| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{value}");
+        let _ = out.flush();
+    };
+    print(serde_json::json!({ "event": "ready" }));
+    let mut lines = stdin_lines();
+    tokio::select! {
+        result = forwarder.run(args.settings()) => result?,
+        () = async {
+            while let Some(line) = lines.recv().await {
+                match line.trim() {
+                    "stats" => print(serde_json::to_value(stats.report()).unwrap_or_default()),
+                    "quit" => break,
+                    "" => {}
+                    other => error(format!("unknown command {other:?} (stats, quit)")),
+                }
+            }
+        } => {}
+    }
+    eprintln!("delay: {}", serde_json::to_string(&stats.report())?);
     Ok(())
 }
 

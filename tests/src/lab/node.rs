@@ -19,6 +19,12 @@ pub mod protocol;
 
 use protocol::{NodeEvent, PeerCommand, Policy, Received, StatsReport};
 
+/// rallyd's gRPC port on the lab's internet ([`ServerNode::start_default`]).
+pub const GRPC_PORT: u16 = 7350;
+
+/// The relay's first port on the lab's internet ([`ServerNode::start_default`]).
+pub const RELAY_PORT: u16 = 3478;
+
 /// How long a node may take to start (rallyd: open its database; peer: sign in and attach).
 const START: Duration = Duration::from_secs(20);
 
@@ -127,6 +133,24 @@ impl ServerNode {
         }
     }
 
+    /// rallyd on the lab's internet as most lab tests want it: gRPC on the first server address,
+    /// port [`GRPC_PORT`]; the relay on three addresses (the first and second server addresses on
+    /// [`RELAY_PORT`], and the first on the port after it), so clients can measure their NAT's
+    /// mapping and filtering.
+    #[track_caller]
+    pub fn start_default(lab: &Lab, bin: &Path) -> ServerNode {
+        let [first, second, _] = lab.server_ips();
+        let more = format!("{second}:{RELAY_PORT},{first}:{}", RELAY_PORT + 1);
+        ServerNode::start(
+            lab,
+            lab.internet(),
+            bin,
+            SocketAddr::from((first, GRPC_PORT)),
+            SocketAddr::from((first, RELAY_PORT)),
+            &["--relay-listen", &more],
+        )
+    }
+
     /// The URL clients connect to.
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
@@ -150,6 +174,13 @@ impl ServerNode {
     /// Stops rallyd gracefully (end of its input) and waits for it to exit.
     pub fn stop(self) -> Result<ExitStatus, ExpectFailed> {
         self.process.finish(Duration::from_secs(20))
+    }
+
+    /// Kills rallyd hard (SIGKILL, as in a crash: no graceful shutdown, nothing flushed or said
+    /// to clients) and reaps it. Starting a server again with the same gRPC address reuses its
+    /// data directory (see [`ServerNode::start`]).
+    pub fn kill(self) -> Result<ExitStatus, ExpectFailed> {
+        self.process.kill()
     }
 }
 

@@ -215,6 +215,23 @@ impl NamespacedProcess {
         read_stderr(&self.stderr)
     }
 
+    /// Every line it wrote to stdout so far, including those the waits passed over.
+    pub fn transcript(&self) -> Vec<String> {
+        lock(&self.stdout).clone()
+    }
+
+    /// Kills it at once (SIGKILL: no clean-up of its own, as in a crash) and reaps it.
+    pub fn kill(self) -> Result<ExitStatus, ExpectFailed> {
+        let mut child = lock(&self.child);
+        if let Err(error) = child.kill() {
+            drop(child);
+            return Err(self.failed(&format!("cannot be killed: {error}")));
+        }
+        let status = child.wait();
+        drop(child);
+        status.map_err(|e| self.failed(&format!("cannot be waited for: {e}")))
+    }
+
     /// Closes its stdin and waits up to `timeout` for it to exit (its stdout closing); kills it
     /// if it does not.
     pub fn finish(mut self, timeout: Duration) -> Result<ExitStatus, ExpectFailed> {
