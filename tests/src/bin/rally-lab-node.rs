@@ -3,8 +3,8 @@
 //!
 //! - `server -- <rallyd flags>`: rallyd in-process; prints `listening`, runs until its input
 //!   ends (or `quit`, SIGTERM, SIGINT), then shuts down gracefully.
-//! - `peer --server URL --name NAME [--bind IP:PORT] [--relay-policy P]`: an SDK client (device login, `Net`)
-//!   driven by the commands of `rally_e2e::lab::node::protocol`.
+//! - `peer --server URL --name NAME [--bind IP:PORT] [--relay-policy P]`: an SDK client
+//!   (device login, `Net`) driven by the commands of `rally_e2e::lab::node::protocol`.
 //! - `udp --bind IP:PORT`: a plain UDP socket (`send IP:PORT text`, prints every datagram).
 //! - `delay --a IF --b IF --delay-ms N --jitter-ms N [--seed N]`: forwards every frame between
 //!   two interfaces after its own delay (`rally_e2e::lab::delay`); prints `{"event":"ready"}`,
