@@ -53,6 +53,7 @@ pub mod hostile;
 mod impairment;
 mod nat;
 pub mod node;
+pub mod pair;
 mod prerequisites;
 mod process;
 mod router;

@@ -8,16 +8,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rally_e2e::lab::node::protocol::Policy;
-use rally_e2e::lab::node::{Connection, PeerNode, ServerNode, UdpNode};
+use rally_e2e::lab::node::{PeerNode, ServerNode, UdpNode};
+use rally_e2e::lab::pair::{CONNECT, DELIVERY, connect_both, reliable_packets_arrive};
 use rally_e2e::lab::{Lab, NatKind};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rally-lab-node");
-
-/// How long a connection may take to come up (the SDK's own connect timeout is 10 s).
-const CONNECT: Duration = Duration::from_secs(15);
-
-/// How long a burst of packets may take to arrive.
-const DELIVERY: Duration = Duration::from_secs(20);
 
 /// How long one plain UDP datagram may take (it takes milliseconds).
 const DATAGRAM: Duration = Duration::from_secs(3);
@@ -32,50 +27,6 @@ fn rallyd(lab: &Lab) -> ServerNode {
     ServerNode::start_default(lab, node())
 }
 
-/// Both players ask for the connection (crossing connects count as consent on both sides) and
-/// wait for it; returns each side's view.
-fn connect_both(a: &mut PeerNode, b: &mut PeerNode) -> (Connection, Connection) {
-    a.connect(b.user());
-    b.connect(a.user());
-    let (a_user, b_user) = (a.user(), b.user());
-    let ab = a.wait_connected(b_user, CONNECT).unwrap_or_else(|failed| {
-        panic!("{} could not connect to {}: {failed:?}", a.name(), b.name())
-    });
-    let ba = b.wait_connected(a_user, CONNECT).unwrap_or_else(|failed| {
-        panic!("{} could not connect to {}: {failed:?}", b.name(), a.name())
-    });
-    eprintln!(
-        "{} -> {}: {} after {} ms; {} -> {}: {} after {} ms",
-        a.name(),
-        b.name(),
-        ab.path,
-        ab.ms,
-        b.name(),
-        a.name(),
-        ba.path,
-        ba.ms
-    );
-    (ab, ba)
-}
-
-/// `count` reliable packets from `from` reach `to` exactly once, in order and intact.
-fn reliable_packets_arrive(from: &mut PeerNode, to: &mut PeerNode, count: u64) {
-    let sent_ms = from.send(to.user(), Policy::Reliable, count, 200);
-    let got = to.expect_packets(from.user(), Policy::Reliable, count, DELIVERY);
-    eprintln!(
-        "{count} reliable packets {} -> {}: sent in {sent_ms} ms, received in {} ms",
-        from.name(),
-        to.name(),
-        got.ms
-    );
-    assert!(
-        got.complete && got.count == count && got.in_order && got.intact && got.duplicates == 0,
-        "reliable packets {} -> {}: {got:?}",
-        from.name(),
-        to.name()
-    );
-}
-
 #[test]
 fn public_players_connect_directly() {
     let lab = rally_e2e::lab_or_skip!("public-players");
@@ -88,7 +39,7 @@ fn public_players_connect_directly() {
     let (ab, ba) = connect_both(&mut ada, &mut bob);
     assert_eq!(ab.path, "direct");
     assert_eq!(ba.path, "direct");
-    reliable_packets_arrive(&mut ada, &mut bob, 1000);
+    reliable_packets_arrive(&mut ada, &mut bob, 1000, 200);
     let stats = ada.stats(bob.user());
     assert_eq!(stats.reliable_sent, 1000, "{stats:?}");
 }
@@ -106,7 +57,7 @@ fn players_behind_the_same_nat_connect_directly() {
     let (ab, ba) = connect_both(&mut ada, &mut bob);
     assert_eq!(ab.path, "direct");
     assert_eq!(ba.path, "direct");
-    reliable_packets_arrive(&mut ada, &mut bob, 1000);
+    reliable_packets_arrive(&mut ada, &mut bob, 1000, 200);
 }
 
 /// Which of the unsolicited senders get through to a host that sent one packet to `contacted`:
@@ -221,8 +172,8 @@ fn connect_pair_of_kinds(lab: &Lab, server: &ServerNode, a: NatKind, b: NatKind)
     );
     let (ab, ba) = connect_both(&mut ada, &mut bob);
     assert_eq!(ab.path, ba.path, "{a:?} x {b:?}: both sides see one path");
-    reliable_packets_arrive(&mut ada, &mut bob, 100);
-    reliable_packets_arrive(&mut bob, &mut ada, 100);
+    reliable_packets_arrive(&mut ada, &mut bob, 100, 200);
+    reliable_packets_arrive(&mut bob, &mut ada, 100, 200);
     let _ = ada.quit();
     let _ = bob.quit();
     (ab.path, ab.ms.max(ba.ms))
@@ -330,8 +281,8 @@ fn relay_policy_always_relays_and_hides_the_address() {
     let (ab, ba) = connect_both(&mut ada, &mut bob);
     assert_eq!(ab.path, "relayed");
     assert_eq!(ba.path, "relayed");
-    reliable_packets_arrive(&mut ada, &mut bob, 500);
-    reliable_packets_arrive(&mut bob, &mut ada, 500);
+    reliable_packets_arrive(&mut ada, &mut bob, 500, 200);
+    reliable_packets_arrive(&mut bob, &mut ada, 500, 200);
     let seen = bob.stats(ada.user()).remote.expect("connected");
     assert!(
         seen.ip().is_loopback(),
@@ -407,5 +358,5 @@ fn a_relayed_connection_moves_to_the_direct_path_when_it_opens() {
         "{sent} reliable packets across the move: {got:?}"
     );
     // And the other way, on the direct path.
-    reliable_packets_arrive(&mut bob, &mut ada, 500);
+    reliable_packets_arrive(&mut bob, &mut ada, 500, 200);
 }

@@ -10,18 +10,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rally_e2e::lab::hostile::{HostileArgs, HostileNode};
-use rally_e2e::lab::node::protocol::{NodeEvent, PeerCommand, Policy, Received, pattern};
-use rally_e2e::lab::node::{Connection, GRPC_PORT, PeerNode, RELAY_PORT, ServerNode, UdpNode};
+use rally_e2e::lab::node::protocol::{NodeEvent, PeerCommand, Policy, pattern};
+use rally_e2e::lab::node::{GRPC_PORT, PeerNode, RELAY_PORT, ServerNode, UdpNode};
+use rally_e2e::lab::pair::{
+    CONNECT, DELIVERY, all_reliable, connect_both, reliable_packets_arrive, wait_both,
+};
 use rally_e2e::lab::{Lab, Namespace, NatKind};
 use uuid::Uuid;
 
 const NODE: &str = env!("CARGO_BIN_EXE_rally-lab-node");
-
-/// How long a connection may take to come up (the SDK's own connect timeout is 10 s).
-const CONNECT: Duration = Duration::from_secs(15);
-
-/// How long a burst of packets may take to arrive.
-const DELIVERY: Duration = Duration::from_secs(20);
 
 /// How long a command that does not wait on the network may take to answer.
 const ANSWER: Duration = Duration::from_secs(10);
@@ -36,64 +33,6 @@ fn node() -> &'static Path {
 /// rallyd on the lab's internet, its relay on three addresses (as in `nat_lab.rs`).
 fn rallyd(lab: &Lab) -> ServerNode {
     ServerNode::start_default(lab, node())
-}
-
-/// Both players ask for the connection (crossing connects count as consent on both sides) and
-/// wait for it; returns each side's view.
-fn connect_both(a: &mut PeerNode, b: &mut PeerNode) -> (Connection, Connection) {
-    a.connect(b.user());
-    b.connect(a.user());
-    wait_both(a, b)
-}
-
-/// Waits for the connection on both sides; panics when either does not come up.
-fn wait_both(a: &mut PeerNode, b: &mut PeerNode) -> (Connection, Connection) {
-    let (a_user, b_user) = (a.user(), b.user());
-    let ab = a.wait_connected(b_user, CONNECT).unwrap_or_else(|failed| {
-        panic!("{} could not connect to {}: {failed:?}", a.name(), b.name())
-    });
-    let ba = b.wait_connected(a_user, CONNECT).unwrap_or_else(|failed| {
-        panic!("{} could not connect to {}: {failed:?}", b.name(), a.name())
-    });
-    eprintln!(
-        "{} -> {}: {} after {} ms; {} -> {}: {} after {} ms",
-        a.name(),
-        b.name(),
-        ab.path,
-        ab.ms,
-        b.name(),
-        a.name(),
-        ba.path,
-        ba.ms
-    );
-    (ab, ba)
-}
-
-/// Whether `got` is `count` reliable packets, each once, in order and intact.
-fn all_reliable(got: &Received, count: u64) -> bool {
-    got.complete && got.count == count && got.in_order && got.intact && got.duplicates == 0
-}
-
-/// `count` reliable packets from `from` reach `to` exactly once, in order and intact; returns
-/// what `to` saw.
-fn reliable_packets_arrive(from: &mut PeerNode, to: &mut PeerNode, count: u64) -> Received {
-    let sent_ms = from.send(to.user(), Policy::Reliable, count, PACKET);
-    let got = to.expect_packets(from.user(), Policy::Reliable, count, DELIVERY);
-    eprintln!(
-        "{count} reliable packets {} -> {}: sent in {sent_ms} ms, first after {:?} ms, all \
-         received in {} ms",
-        from.name(),
-        to.name(),
-        got.first_packet_ms,
-        got.ms
-    );
-    assert!(
-        all_reliable(&got, count),
-        "reliable packets {} -> {}: {got:?}",
-        from.name(),
-        to.name()
-    );
-    got
 }
 
 /// The connection states `peer` reported for `user` so far, in order.
@@ -139,8 +78,8 @@ fn a_nat_rebinding_does_not_drop_the_connection() {
     let mut open = PeerNode::start(&open_host, node(), &server, "open");
     let (ab, ba) = connect_both(&mut sym, &mut open);
     assert_eq!((ab.path.as_str(), ba.path.as_str()), ("direct", "direct"));
-    reliable_packets_arrive(&mut sym, &mut open, 100);
-    reliable_packets_arrive(&mut open, &mut sym, 100);
+    reliable_packets_arrive(&mut sym, &mut open, 100, PACKET);
+    reliable_packets_arrive(&mut open, &mut sym, 100, PACKET);
     // The stricter NAT dials, so the public player is the QUIC server and sees the symmetric
     // NAT's public address.
     let original = open.stats(sym.user()).remote.expect("open sees sym");
@@ -190,8 +129,8 @@ fn rebinding_is_survived(
     // QUIC server sees the connection's packet from a new address, validates the new path,
     // migrates and retransmits there. So the first packet takes up to 5 s minus the idle time
     // already spent (the keep-alive is what rebinds an idle connection).
-    let down = reliable_packets_arrive(open, sym, 200);
-    let up = reliable_packets_arrive(sym, open, 200);
+    let down = reliable_packets_arrive(open, sym, 200, PACKET);
+    let up = reliable_packets_arrive(sym, open, 200, PACKET);
     let stats = open.stats(sym.user());
     let new = stats.remote.expect("open still sees sym");
     eprintln!(
@@ -352,8 +291,8 @@ fn a_hostile_relay_cannot_corrupt_or_read_the_traffic() {
     let mut bob = PeerNode::start_with(&bob_host, node(), &url, "bob", &always);
     let (ab, ba) = connect_both(&mut ada, &mut bob);
     assert_eq!((ab.path.as_str(), ba.path.as_str()), ("relayed", "relayed"));
-    reliable_packets_arrive(&mut ada, &mut bob, 2000);
-    reliable_packets_arrive(&mut bob, &mut ada, 2000);
+    reliable_packets_arrive(&mut ada, &mut bob, 2000, PACKET);
+    reliable_packets_arrive(&mut bob, &mut ada, 2000, PACKET);
     let stats = hostile.stats();
     eprintln!("hostile relay at 5% flips, 5% replays: {stats:?}");
     assert!(
@@ -487,7 +426,7 @@ fn traffic_survives_the_control_plane_and_the_sdks_reattach() {
     let mut bob = PeerNode::start(&bob_host, node(), &server, "bob");
     let (ab, ba) = connect_both(&mut ada, &mut bob);
     assert_eq!((ab.path.as_str(), ba.path.as_str()), ("direct", "direct"));
-    reliable_packets_arrive(&mut ada, &mut bob, 500);
+    reliable_packets_arrive(&mut ada, &mut bob, 500, PACKET);
 
     // A burst in flight while rallyd dies.
     let burst = 5000;
@@ -536,7 +475,7 @@ fn traffic_survives_the_control_plane_and_the_sdks_reattach() {
     let server = rallyd(&lab);
     let restarted = Instant::now();
     eprintln!("rallyd restarted {:?} after the kill", killed.elapsed());
-    reliable_packets_arrive(&mut ada, &mut bob, 200);
+    reliable_packets_arrive(&mut ada, &mut bob, 200, PACKET);
     let carol_host = lab.add_router(NatKind::AddressRestricted).add_host();
     let mut carol = PeerNode::start(&carol_host, node(), &server, "carol");
     for peer in [&mut ada, &mut bob] {
@@ -551,8 +490,8 @@ fn traffic_survives_the_control_plane_and_the_sdks_reattach() {
         );
         let (to, from) = wait_both(&mut carol, peer);
         assert_eq!(to.path, from.path);
-        reliable_packets_arrive(&mut carol, peer, 100);
-        reliable_packets_arrive(peer, &mut carol, 100);
+        reliable_packets_arrive(&mut carol, peer, 100, PACKET);
+        reliable_packets_arrive(peer, &mut carol, 100, PACKET);
     }
     never_left_connected(&mut ada, bob.user());
     never_left_connected(&mut bob, ada.user());
@@ -580,7 +519,7 @@ fn birthday_probing_connects_symmetric_and_port_restricted_players_most_of_the_t
         let mut port = PeerNode::start(&port_host, node(), &server, &format!("port{i}"));
         let (ab, ba) = connect_both(&mut sym, &mut port);
         assert_eq!(ab.path, ba.path, "try {i}: both sides see one path");
-        reliable_packets_arrive(&mut sym, &mut port, 50);
+        reliable_packets_arrive(&mut sym, &mut port, 50, PACKET);
         let ms = ab.ms.max(ba.ms);
         // Informational (the SDK's debug log): whether the direct path is a birthday socket's.
         let birthday = sym
