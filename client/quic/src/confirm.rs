@@ -15,6 +15,39 @@ use crate::error::TransportError;
 
 /// What the acceptor writes.
 pub(crate) const ACCEPTED: &[u8] = b"rally/1 accepted";
+/// What the dialer writes on the connection it keeps.
+pub(crate) const NOMINATED: &[u8] = b"rally/1 nominated";
+
+/// The dialer's side of nomination: write [`NOMINATED`] on a new unidirectional stream.
+pub(crate) async fn nominate(handle: &mut Handle) -> Result<(), TransportError> {
+    let mut stream = handle.open_send_stream().await?;
+    stream.send(Bytes::from_static(NOMINATED)).await?;
+    stream.finish()?;
+    Ok(())
+}
+
+/// The acceptor's side: wait for the dialer's unidirectional stream and check it says
+/// [`NOMINATED`]. Reads at most one byte more than that.
+pub(crate) async fn await_nomination(
+    streams: &mut s2n_quic::connection::ReceiveStreamAcceptor,
+) -> Result<(), TransportError> {
+    let malformed = || TransportError::Endpoint("no nomination from the dialer".into());
+    let Some(mut stream) = streams.accept_receive_stream().await? else {
+        return Err(malformed());
+    };
+    let mut received = BytesMut::with_capacity(NOMINATED.len());
+    while let Some(chunk) = stream.receive().await? {
+        if received.len() + chunk.len() > NOMINATED.len() {
+            return Err(malformed());
+        }
+        received.extend_from_slice(&chunk);
+    }
+    if received.as_ref() == NOMINATED {
+        Ok(())
+    } else {
+        Err(malformed())
+    }
+}
 
 /// The acceptor's side: write the confirmation on a new unidirectional stream.
 pub(crate) async fn send_acceptance(handle: &mut Handle) -> Result<(), TransportError> {

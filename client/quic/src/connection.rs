@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use s2n_quic::connection::{BidirectionalStreamAcceptor, Handle};
+use s2n_quic::connection::{BidirectionalStreamAcceptor, Handle, ReceiveStreamAcceptor};
 use s2n_quic::stream::{ReceiveStream, SendStream};
 
 use crate::datagram::{DatagramChannel, DatagramSender};
@@ -28,6 +28,8 @@ pub struct Connection {
 struct Inner {
     handle: Handle,
     streams: tokio::sync::Mutex<BidirectionalStreamAcceptor>,
+    /// The peer's one unidirectional stream: the dialer's nomination, on the acceptor's side.
+    unidirectional: tokio::sync::Mutex<ReceiveStreamAcceptor>,
     datagrams: Arc<DatagramChannel>,
     last_path: Arc<Mutex<PathCounters>>,
     peer: Fingerprint,
@@ -53,11 +55,12 @@ impl Connection {
         let remote = connection.remote_addr()?;
         let (mut handle, acceptor) = connection.split();
         handle.keep_alive(true)?;
-        let (streams, _unidirectional) = acceptor.split();
+        let (streams, unidirectional) = acceptor.split();
         Ok(Self {
             inner: Arc::new(Inner {
                 handle,
                 streams: tokio::sync::Mutex::new(streams),
+                unidirectional: tokio::sync::Mutex::new(unidirectional),
                 datagrams,
                 last_path,
                 peer,
@@ -104,6 +107,21 @@ impl Connection {
         let mut handle = self.inner.handle.clone();
         let (recv, send) = handle.open_bidirectional_stream().await?.split();
         Ok((send, recv))
+    }
+
+    /// The dialer's side of nomination: tells the acceptor that this is the connection the
+    /// dialer keeps. A dialer that tries several addresses of one peer at once may complete
+    /// more than one handshake; it nominates the one it keeps, and the acceptor uses only a
+    /// nominated connection (see [`nominated`](Self::nominated)), so both keep the same one.
+    pub async fn nominate(&self) -> Result<(), TransportError> {
+        crate::confirm::nominate(&mut self.inner.handle.clone()).await
+    }
+
+    /// The acceptor's side of nomination: waits until the dialer nominates this connection.
+    /// Errors when the connection ends first or the peer sends something else.
+    pub async fn nominated(&self) -> Result<(), TransportError> {
+        let mut streams = self.inner.unidirectional.lock().await;
+        crate::confirm::await_nomination(&mut streams).await
     }
 
     /// The next bidirectional stream the peer opened; `None` once the connection is closed.

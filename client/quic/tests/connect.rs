@@ -196,3 +196,23 @@ async fn a_dial_to_a_silent_address_times_out() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_connection_the_dialer_nominates_is_nominated_at_the_acceptor() -> Result<()> {
+    // A dialer that tried two addresses of one acceptor completed two handshakes; it keeps and
+    // nominates one, closes the other, and the acceptor can tell which is which.
+    let dialer = transport()?;
+    let acceptor = transport()?;
+    let (kept, kept_there) = connect(&dialer, &acceptor).await?;
+    let second = transport()?;
+    let (dropped, dropped_there) = connect(&second, &acceptor).await?;
+    kept.nominate().await?;
+    within("the nomination", kept_there.nominated()).await??;
+    dropped.close(0);
+    let refused = within("the closed one's nomination", dropped_there.nominated()).await?;
+    assert!(
+        refused.is_err(),
+        "a connection closed without nomination is not nominated"
+    );
+    Ok(())
+}

@@ -217,7 +217,7 @@ impl Attempt {
                 dialed = inner.transport.dial(to, fingerprint) => dialed,
             };
             match dialed {
-                Ok(conn) => inner.attach(user, conn, path),
+                Ok(conn) => inner.dialed(user, conn, path),
                 Err(error) => {
                     let _ = inputs.send(failed(error));
                 }
@@ -303,7 +303,7 @@ async fn birthday(
         };
         tracing::debug!(%user, %from, "a birthday probe got through; dialing from its socket");
         match inner.transport.dial_from(socket, from, fingerprint).await {
-            Ok(conn) => inner.attach(user, conn, Path::Direct),
+            Ok(conn) => inner.dialed(user, conn, Path::Direct),
             Err(error) => tracing::debug!(%error, %user, "dial from the birthday socket failed"),
         }
         return;

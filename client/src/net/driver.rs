@@ -801,23 +801,24 @@ impl Inner {
     }
 
     /// A QUIC connection with `user`'s pinned certificate is up (dialed or accepted) on `path`.
-    pub(crate) fn attach(self: &Arc<Self>, user: Uuid, conn: Connection, path: Path) {
+    /// Returns whether the connection was kept (a dialer then nominates it).
+    pub(crate) fn attach(self: &Arc<Self>, user: Uuid, conn: Connection, path: Path) -> bool {
         let mut peers = lock(&self.peers);
         let Some(slot) = peers.get_mut(&user) else {
             conn.close(0);
-            return;
+            return false;
         };
         let upgrade =
             slot.conn.is_some() && slot.path == Some(Path::Relayed) && path == Path::Direct;
         if slot.conn.is_some() && !upgrade {
             // One connection per pair: keep the first (unless it moves off the relay).
             conn.close(0);
-            return;
+            return false;
         }
         let actions = slot.peer.on_connection_up();
         if actions.contains(&Action::CloseConnection) {
             conn.close(0);
-            return;
+            return false;
         }
         if let Some(attempt) = &slot.attempt {
             let _ = attempt.inputs.send(attempt::Input::Connected {
@@ -868,6 +869,19 @@ impl Inner {
             tally,
         ));
         self.apply(user, actions);
+        true
+    }
+
+    /// A connection this side dialed is up: keep it if it is the pair's, and nominate it so the
+    /// acceptor keeps the same one.
+    pub(crate) fn dialed(self: &Arc<Self>, user: Uuid, conn: Connection, path: Path) {
+        if self.attach(user, conn.clone(), path) {
+            tokio::spawn(async move {
+                if let Err(error) = conn.nominate().await {
+                    tracing::debug!(%error, %user, "could not nominate the connection");
+                }
+            });
+        }
     }
 
     /// The connection of generation `generation` with `user` ended.
@@ -1047,10 +1061,22 @@ async fn accept_loop(inner: Arc<Inner>) {
                 let relayed = slot.relay_path.as_ref().is_some_and(|p| p.local == remote);
                 (*user, if relayed { Path::Relayed } else { Path::Direct })
             });
-        match found {
-            Some((user, path)) => inner.attach(user, conn, path),
-            None => conn.close(0),
-        }
+        let Some((user, path)) = found else {
+            conn.close(0);
+            continue;
+        };
+        // Only the connection the dialer nominates is the pair's: a dialer trying several of
+        // our addresses at once may complete more than one handshake.
+        let inner = inner.clone();
+        let wait = inner.config.transport.handshake_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(wait, conn.nominated()).await {
+                Ok(Ok(())) => {
+                    inner.attach(user, conn, path);
+                }
+                _ => conn.close(0),
+            }
+        });
     }
 }
 
