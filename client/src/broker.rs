@@ -74,7 +74,7 @@ pub(crate) mod backoff;
 mod clock;
 mod driver;
 mod pending;
-mod wire;
+pub(crate) mod wire;
 
 use pending::Answer;
 

@@ -247,10 +247,7 @@ async fn birthday(
     let Some(family) = toward.first().copied() else {
         return;
     };
-    let any = match family {
-        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
-    };
+    let any = super::relay_path::any_port_like(family);
     let mut sockets = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         match tokio::net::UdpSocket::bind(any).await {

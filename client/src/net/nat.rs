@@ -6,7 +6,7 @@
 //! The classification is pure ([`classify`]) and unit-tested; [`discover`] does the I/O with
 //! bounded retries and time.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rally_relay::wire::{self, Message, RespondFrom};
@@ -198,11 +198,9 @@ async fn mapped_from_port(
 /// Whether an answer from another address or port of the reflector reaches a fresh socket:
 /// `Some(true)` it did, `Some(false)` it did not, `None` the socket could not be opened.
 async fn fresh_socket_query(reflector: SocketAddr, respond_from: RespondFrom) -> Option<bool> {
-    let any = match reflector {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-    };
-    let socket = UdpSocket::bind(any).await.ok()?;
+    let socket = UdpSocket::bind(super::relay_path::any_port_like(reflector))
+        .await
+        .ok()?;
     Some(query(&socket, reflector, respond_from).await.is_some())
 }
 

@@ -99,6 +99,15 @@ pub(crate) enum OpenError {
     NoAnswer(SocketAddr),
 }
 
+/// Any port on every interface, of the same address family as `to` (a fresh socket's bind
+/// address for talking to it).
+pub(crate) fn any_port_like(to: SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
 /// The address the local QUIC endpoint bound to `bound` is reached at.
 pub(crate) fn reachable(bound: SocketAddr) -> SocketAddr {
     let ip = match bound.ip() {
@@ -119,12 +128,7 @@ pub(crate) async fn open(
     let relay = grant
         .relay_address
         .as_ref()
-        .and_then(|a| {
-            Some(SocketAddr::new(
-                a.ip.parse().ok()?,
-                u16::try_from(a.port).ok()?,
-            ))
-        })
+        .and_then(crate::broker::wire::socket_addr)
         .ok_or(OpenError::Grant("relay address"))?;
     let token: &[u8; GRANT_BYTES] = grant
         .token
@@ -140,11 +144,7 @@ pub(crate) async fn open(
         .ok()
         .filter(|s| *s <= 1)
         .ok_or(OpenError::Grant("side"))?;
-    let any = match relay {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-    };
-    let socket = UdpSocket::bind(any)
+    let socket = UdpSocket::bind(any_port_like(relay))
         .await
         .map_err(|e| OpenError::Socket(e.to_string()))?;
     let port = socket
