@@ -47,6 +47,9 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// The receiver's figures stop changing for this long: the stragglers are in.
 const QUIET: Duration = Duration::from_secs(2);
 
+/// At most this many single flush packets after the measured ones (each arrives with 90%).
+const FLUSH_MAX: u64 = 10;
+
 fn node() -> &'static Path {
     Path::new(NODE)
 }
@@ -98,8 +101,8 @@ impl Seen {
 
 /// Sends `UNRELIABLE` packets from `from` to `to` in batches, each once the receiver has seen
 /// [`PACING_SHARE`] of what was sent so far; then waits until the receiver's figures are quiet
-/// (or balance exactly). Returns the sender's and the receiver's stats.
-fn unreliable_one_way(from: &mut PeerNode, to: &mut PeerNode) -> (Seen, StatsReport, StatsReport) {
+/// (or balance exactly) and flushes the tail. Returns both sides' stats and what the test saw.
+fn unreliable_one_way(from: &mut PeerNode, to: &mut PeerNode) -> Unreliable {
     let mut seen = Seen {
         intact: true,
         ..Seen::default()
@@ -123,24 +126,19 @@ fn unreliable_one_way(from: &mut PeerNode, to: &mut PeerNode) -> (Seen, StatsRep
             (1.0 - PACING_SHARE) * 100.0
         );
     }
-    // Stragglers: wait until the books balance (nothing lost at the tail) or nothing has
-    // changed for a while; every look is bounded by SETTLE.
-    let deadline = Instant::now() + SETTLE;
-    let mut last = (0, 0);
-    let mut quiet_since = Instant::now();
+    // The receiver counts a packet as lost only when a later one arrives, so packets lost at
+    // the very end would stay unaccounted. Once the stragglers are in, send single flush packets
+    // (bounded) until every measured packet is accounted for as received or lost.
+    let measured = handed_to_quic(&from.stats(to.user()));
+    let mut flushes = 0;
     let (sender, receiver) = loop {
-        let sender = from.stats(to.user());
-        let receiver = to.stats(from.user());
-        let now = (receiver.unreliable_received, receiver.unreliable_lost);
-        if now != last {
-            last = now;
-            quiet_since = Instant::now();
-        }
-        let balanced = handed_to_quic(&sender) == now.0 + now.1;
-        if balanced || quiet_since.elapsed() >= QUIET || Instant::now() >= deadline {
+        let (sender, receiver) = settle(from, to);
+        let accounted = receiver.unreliable_received + receiver.unreliable_lost;
+        if accounted >= measured || flushes >= FLUSH_MAX {
             break (sender, receiver);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        from.send(to.user(), Policy::Unreliable, 1, UNRELIABLE_SIZE);
+        flushes += 1;
     };
     // Collect what is still in the receiver's inbox.
     let waiting = receiver
@@ -148,7 +146,46 @@ fn unreliable_one_way(from: &mut PeerNode, to: &mut PeerNode) -> (Seen, StatsRep
         .saturating_sub(receiver.unreliable_dropped_inbox_full)
         .saturating_sub(seen.count);
     seen.expect(to, from, waiting, BATCH_DELIVERY);
-    (seen, sender, receiver)
+    Unreliable {
+        seen,
+        sender,
+        receiver,
+        measured,
+        flushes,
+    }
+}
+
+/// What [`unreliable_one_way`] found.
+struct Unreliable {
+    seen: Seen,
+    sender: StatsReport,
+    receiver: StatsReport,
+    /// Packets handed to QUIC before the flush packets.
+    measured: u64,
+    /// Flush packets sent after them.
+    flushes: u64,
+}
+
+/// Waits until the receiver's unreliable figures balance the sender's (nothing lost at the
+/// tail) or stop changing for [`QUIET`]; bounded by [`SETTLE`].
+fn settle(from: &mut PeerNode, to: &mut PeerNode) -> (StatsReport, StatsReport) {
+    let deadline = Instant::now() + SETTLE;
+    let mut last = None;
+    let mut quiet_since = Instant::now();
+    loop {
+        let sender = from.stats(to.user());
+        let receiver = to.stats(from.user());
+        let now = (receiver.unreliable_received, receiver.unreliable_lost);
+        if last != Some(now) {
+            last = Some(now);
+            quiet_since = Instant::now();
+        }
+        let balanced = handed_to_quic(&sender) == now.0 + now.1;
+        if balanced || quiet_since.elapsed() >= QUIET || Instant::now() >= deadline {
+            return (sender, receiver);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Unreliable packets the sender gave to QUIC: each got a sequence number, so the receiver
@@ -203,16 +240,23 @@ fn reliable_packets_survive_loss_and_delay() {
 
     // Unreliable, bob to ada: through ada's link once, so ~10% of QUIC packets are dropped.
     let phase = Instant::now();
-    let (seen, sender, receiver) = unreliable_one_way(&mut bob, &mut ada);
+    let Unreliable {
+        seen,
+        sender,
+        receiver,
+        measured,
+        flushes,
+    } = unreliable_one_way(&mut bob, &mut ada);
     let unreliable_ms = phase.elapsed().as_millis();
     let handed = handed_to_quic(&sender);
     let lost = receiver.unreliable_lost;
-    let tail = handed.saturating_sub(receiver.unreliable_received + lost);
-    let loss = lost as f64 / handed.max(1) as f64;
+    let accounted = receiver.unreliable_received + lost;
+    let tail = handed.saturating_sub(accounted);
+    let loss = lost as f64 / accounted.max(1) as f64;
     eprintln!(
-        "unreliable bob -> ada: {} sent, {} refused by the full queue, {handed} handed to QUIC, \
-         {} received ({} seen by the test), {lost} lost ({:.1}%), {tail} unaccounted at the tail; \
-         RTT {:?} ms (ada) / {:?} ms (bob)",
+        "unreliable bob -> ada: {} sent ({flushes} of them flush packets), {} refused by the full \
+         queue, {handed} handed to QUIC, {} received ({} seen by the test), {lost} lost \
+         ({:.1}%), {tail} unaccounted at the tail; RTT {:?} ms (ada) / {:?} ms (bob)",
         sender.unreliable_sent,
         sender.unreliable_dropped_queue_full,
         receiver.unreliable_received,
@@ -252,7 +296,7 @@ fn reliable_packets_survive_loss_and_delay() {
         assert!((0.04..=0.20).contains(&loss), "{link:?}");
     }
 
-    assert_eq!(sender.unreliable_sent, UNRELIABLE, "{sender:?}");
+    assert_eq!(sender.unreliable_sent, UNRELIABLE + flushes, "{sender:?}");
     assert!(seen.intact && seen.duplicates == 0, "{seen:?}");
     assert_eq!(
         seen.count + receiver.unreliable_dropped_inbox_full,
@@ -263,11 +307,12 @@ fn reliable_packets_survive_loss_and_delay() {
         receiver.unreliable_received + lost <= handed,
         "more received and lost than sent: {sender:?} {receiver:?}"
     );
-    // Packets lost after the last one that arrived are not counted as lost (no later one shows
-    // the gap): a few at most.
+    // Every measured packet is accounted for as received or lost (the flush packets sent after
+    // them show the gaps); only flush packets may be left at the tail.
     assert!(
-        tail <= 20,
-        "{tail} packets unaccounted for: {sender:?} {receiver:?}"
+        accounted >= measured && tail <= flushes,
+        "{measured} measured packets, {accounted} accounted for, {tail} unaccounted after \
+         {flushes} flush packets: {sender:?} {receiver:?}"
     );
     assert!(
         (0.03..=0.30).contains(&loss),
