@@ -456,6 +456,66 @@ async fn every_unreliable_packet_is_delivered_or_counted() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sender_that_waits_for_room_has_nothing_refused_or_dropped_locally() {
+    let server = sqlite().await;
+    let mut config = loopback_config();
+    // A small reliable buffer: 300 packets of 60 000 bytes fill it many times over.
+    config.send_buffer_bytes = 128 << 10;
+    let a = client_with(&server, "ada", config).await;
+    let b = client(&server, "bob").await;
+    connect_pair(&a, &b).await;
+
+    // Unreliable: 10 000 full-size packets as fast as `send` returns; the queue never refuses.
+    for i in 0..10_000u32 {
+        tokio::time::timeout(
+            WAIT,
+            a.net.send(b.user, payload(i, 1200), SendPolicy::Unreliable),
+        )
+        .await
+        .expect("room in the datagram queue")
+        .expect("send");
+        while b.net.read_packet().is_some() {}
+    }
+    let (sent, seen) = balance_unreliable_books(&a, &b, Duration::from_millis(20)).await;
+    assert_eq!(sent.unreliable_dropped_queue_full, 0, "{sent:?}");
+    assert_eq!(sent.unreliable_dropped_not_connected, 0, "{sent:?}");
+    assert!(sent.unreliable_sent >= 10_000, "{sent:?}");
+    println!(
+        "waiting sender: sent {} received {} lost {}",
+        sent.unreliable_sent, seen.unreliable_received, seen.unreliable_lost
+    );
+
+    // Reliable: every `send` is taken in the end, and all arrive in order and intact.
+    let sender = {
+        let net = a.net.clone();
+        let to = b.user;
+        tokio::spawn(async move {
+            for i in 0..300u32 {
+                tokio::time::timeout(WAIT, net.send(to, payload(i, 60_000), SendPolicy::Reliable))
+                    .await
+                    .expect("room in the send buffer")
+                    .expect("send");
+            }
+        })
+    };
+    for i in 0..300u32 {
+        assert_eq!(packet(&b.net).await.data, payload(i, 60_000), "packet {i}");
+    }
+    sender.await.expect("sender");
+    // A packet that can never fit the buffer is refused at once rather than waited for.
+    let mut small = loopback_config();
+    small.send_buffer_bytes = 1000;
+    let c = client_with(&server, "cy", small).await;
+    connect_pair(&c, &b).await;
+    assert!(matches!(
+        c.net
+            .send(b.user, payload(1, 2000), SendPolicy::Reliable)
+            .await,
+        Err(Error::SendBufferFull)
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_measures_the_round_trip() {
     let server = sqlite().await;

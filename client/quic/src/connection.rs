@@ -91,6 +91,14 @@ impl Connection {
         self.inner.datagrams.send(payload)
     }
 
+    /// Waits until the datagram send queue has room, so that a sender can apply back-pressure
+    /// instead of having datagrams refused with `QueueFull`. Resolves at once when there is
+    /// room, and when the connection is closed (the next send then says `Closed`). A waiting
+    /// sender is woken once the queue has drained to half its capacity.
+    pub async fn datagram_room(&self) {
+        self.inner.datagrams.room().await;
+    }
+
     /// The next datagram from the peer; `None` once the connection is closed.
     pub async fn recv_datagram(&self) -> Option<Bytes> {
         self.inner.datagrams.recv().await

@@ -3,7 +3,8 @@
 //!
 //! The application queues without touching the connection's lock and wakes the connection
 //! only when it has something new to look at (the queue was empty, or its head is stuck), so a
-//! busy sender never spins. Arrivals wake one waiting reader; closing wakes everyone.
+//! busy sender never spins. A sender that found the queue full can wait for room: it is woken
+//! when the queue has drained to half. Arrivals wake one waiting reader; closing wakes everyone.
 //!
 //! Not for: deciding what goes into a packet (see `send_queue.rs`).
 
@@ -42,6 +43,9 @@ pub(crate) struct DatagramChannel {
     send: Mutex<SendQueue>,
     recv: Mutex<RecvQueue>,
     arrived: Notify,
+    /// Wakes senders waiting for room in the send queue; `room_wanted` says one is waiting.
+    room: Notify,
+    room_wanted: AtomicBool,
     closed: AtomicBool,
     closed_notify: Notify,
     connection: Waker,
@@ -56,6 +60,8 @@ impl DatagramChannel {
             send: Mutex::new(SendQueue::new(endpoint.send_capacity, max_payload)),
             recv: Mutex::new(RecvQueue::new(endpoint.recv_capacity)),
             arrived: Notify::new(),
+            room: Notify::new(),
+            room_wanted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
             connection: info.waker.clone(),
@@ -95,6 +101,30 @@ impl DatagramChannel {
         }
     }
 
+    /// Resolves once the send queue has room for a datagram (or the connection is closed, when
+    /// `send` refuses for good).
+    pub(crate) async fn room(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            self.room_wanted.store(true, Ordering::Release);
+            if lock(&self.send).has_room() {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    /// Called by the connection after it took datagrams from the send queue, with whether the
+    /// queue is now half empty.
+    fn on_drained(&self, half_empty: bool) {
+        if half_empty && self.room_wanted.load(Ordering::Acquire) {
+            self.room_wanted.store(false, Ordering::Release);
+            self.room.notify_waiters();
+        }
+    }
+
     /// Resolves once the connection is closed.
     pub(crate) async fn closed(&self) {
         loop {
@@ -127,6 +157,7 @@ impl DatagramChannel {
         lock(&self.send).close();
         self.closed.store(true, Ordering::Release);
         self.arrived.notify_waiters();
+        self.room.notify_waiters();
         self.closed_notify.notify_waiters();
     }
 }
@@ -178,7 +209,12 @@ impl DatagramSender {
 
 impl Sender for DatagramSender {
     fn on_transmit<P: Packet>(&mut self, packet: &mut P) {
-        lock(&self.0.send).on_transmit(packet, Instant::now);
+        let half_empty = {
+            let mut queue = lock(&self.0.send);
+            queue.on_transmit(packet, Instant::now);
+            queue.half_empty()
+        };
+        self.0.on_drained(half_empty);
     }
 
     fn has_transmission_interest(&self) -> bool {

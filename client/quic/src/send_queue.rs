@@ -108,6 +108,17 @@ impl SendQueue {
         !self.queue.is_empty()
     }
 
+    /// Whether [`push`](Self::push) would take a datagram now (or refuse it for good: closed).
+    pub(crate) fn has_room(&self) -> bool {
+        self.closed || self.queue.len() < self.capacity
+    }
+
+    /// Whether the queue has drained to half its capacity or less: a sender waiting for room
+    /// is woken then, so it refills a batch rather than one datagram at a time.
+    pub(crate) fn half_empty(&self) -> bool {
+        self.closed || self.queue.len() <= self.capacity / 2
+    }
+
     /// Fills the packet being built with queued datagrams, oldest first. A datagram that does
     /// not fit stays at the head for the next packet, unless the path has failed to carry it
     /// for longer than [`STUCK_BOUND`]. `now` is read only when a datagram does not fit.
@@ -291,6 +302,27 @@ mod tests {
         }
         assert_eq!(queue.counters().sent, 2);
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn room_opens_when_a_full_queue_drains_and_half_empty_comes_at_half() {
+        let mut queue = queue_with(&[100; 16]);
+        assert!(!queue.has_room() && !queue.half_empty());
+        assert_eq!(queue.push(datagram(100)), Err(PushError::QueueFull));
+        // Each packet takes a few: room comes with the first, half empty only at 8 left.
+        let mut taken = 0;
+        while !queue.half_empty() {
+            queue.on_transmit(&mut FakePacket::new(350), Instant::now);
+            taken += 3;
+            assert!(queue.has_room());
+        }
+        assert_eq!(taken, 9);
+        assert_eq!(queue.len(), 7);
+        queue.close();
+        assert!(
+            queue.has_room() && queue.half_empty(),
+            "closed: nobody waits"
+        );
     }
 
     #[test]

@@ -144,9 +144,23 @@ struct Load {
     sending: Duration,
 }
 
+/// What a sender does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnFull {
+    /// Drops the datagram (a counted local drop) and yields.
+    Drop,
+    /// Waits for room (`datagram_room`) and sends the same datagram again.
+    Wait,
+}
+
 /// Sends `COUNT` numbered game datagrams, `per_tick` at a time (each tick of `tick`, or as fast
-/// as possible when `tick` is `None`); a full queue is a counted local drop.
-async fn send_load(connection: &Connection, per_tick: u64, tick: Option<Duration>) -> Result<Load> {
+/// as possible when `tick` is `None`), doing `on_full` when the queue is full.
+async fn send_load(
+    connection: &Connection,
+    per_tick: u64,
+    tick: Option<Duration>,
+    on_full: OnFull,
+) -> Result<Load> {
     const COUNT: u64 = 20_000;
     let started = Instant::now();
     let mut ticker = tick.map(tokio::time::interval);
@@ -157,13 +171,22 @@ async fn send_load(connection: &Connection, per_tick: u64, tick: Option<Duration
         {
             ticker.tick().await;
         }
-        match connection.send_datagram(numbered(sequence, GAME_DATAGRAM)) {
-            Ok(()) => accepted += 1,
-            Err(DatagramError::QueueFull) => {
-                queue_full += 1;
-                tokio::task::yield_now().await;
+        loop {
+            match connection.send_datagram(numbered(sequence, GAME_DATAGRAM)) {
+                Ok(()) => accepted += 1,
+                Err(DatagramError::QueueFull) => {
+                    queue_full += 1;
+                    match on_full {
+                        OnFull::Drop => tokio::task::yield_now().await,
+                        OnFull::Wait => {
+                            within("room in the send queue", connection.datagram_room()).await?;
+                            continue;
+                        }
+                    }
+                }
+                Err(other) => bail!("send_datagram: {other}"),
             }
-            Err(other) => bail!("send_datagram: {other}"),
+            break;
         }
     }
     Ok(Load {
@@ -176,14 +199,18 @@ async fn send_load(connection: &Connection, per_tick: u64, tick: Option<Duration
 
 /// Runs a load and checks that every accepted datagram was delivered or counted as dropped,
 /// with each side's counters adding up on their own too.
-async fn every_datagram_delivered_or_counted(per_tick: u64, tick: Option<Duration>) -> Result<()> {
+async fn every_datagram_delivered_or_counted(
+    per_tick: u64,
+    tick: Option<Duration>,
+    on_full: OnFull,
+) -> Result<()> {
     let (alice, bob) = (transport()?, transport()?);
     let (to_bob, from_alice) = connect(&alice, &bob).await?;
     let delivered = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_all(from_alice.clone(), delivered.clone()));
 
     let started = Instant::now();
-    let load = send_load(&to_bob, per_tick, tick).await?;
+    let load = send_load(&to_bob, per_tick, tick, on_full).await?;
     let accounted = |tx: &ConnectionStats, rx: &ConnectionStats, delivered: u64| {
         delivered
             + rx.datagrams_dropped_recv_overflow
@@ -215,7 +242,18 @@ async fn every_datagram_delivered_or_counted(per_tick: u64, tick: Option<Duratio
         tx.mtu,
     );
 
-    ensure!(load.accepted + load.queue_full == load.attempts);
+    match on_full {
+        OnFull::Drop => ensure!(load.accepted + load.queue_full == load.attempts),
+        // Every datagram was taken in the end, and the sender waited rather than spun: each
+        // wait ends with the queue half empty, so refusals are far fewer than datagrams.
+        OnFull::Wait => ensure!(
+            load.accepted == load.attempts && load.queue_full < load.attempts / 100,
+            "{} accepted of {}, {} refusals",
+            load.accepted,
+            load.attempts,
+            load.queue_full
+        ),
+    }
     ensure!(tx.datagrams_dropped_queue_full == load.queue_full);
     ensure!(accounted(&tx, &rx, delivered) == load.accepted);
     ensure!(tx.datagrams_sent + tx.datagrams_dropped_too_large == load.accepted);
@@ -234,12 +272,32 @@ async fn every_datagram_delivered_or_counted(per_tick: u64, tick: Option<Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_game_datagrams_as_fast_as_accepted_are_each_delivered_or_counted()
 -> Result<()> {
-    every_datagram_delivered_or_counted(1, None).await
+    every_datagram_delivered_or_counted(1, None, OnFull::Drop).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_waits_for_room_gets_every_datagram_taken_and_each_delivered_or_counted()
+-> Result<()> {
+    every_datagram_delivered_or_counted(1, None, OnFull::Wait).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_room_ends_when_the_connection_closes() -> Result<()> {
+    let (alice, bob) = (transport()?, transport()?);
+    let (to_bob, _from_alice) = connect(&alice, &bob).await?;
+    to_bob.close(0);
+    within("the closed connection", to_bob.closed()).await?;
+    within("room on a closed connection", to_bob.datagram_room()).await?;
+    ensure!(matches!(
+        to_bob.send_datagram(numbered(0, 10)),
+        Err(DatagramError::Closed)
+    ));
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn game_datagrams_at_100k_per_second_are_each_delivered_or_counted() -> Result<()> {
-    every_datagram_delivered_or_counted(100, Some(Duration::from_millis(1))).await
+    every_datagram_delivered_or_counted(100, Some(Duration::from_millis(1)), OnFull::Drop).await
 }
 
 /// Reads datagrams until the connection closes, counting them; returns how many were

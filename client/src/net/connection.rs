@@ -6,7 +6,7 @@
 //! the peer's acknowledgement) and opens the next one marked as following it; readers deliver a
 //! lane's streams in their order ([`LaneGates`]), so nothing is lost or reordered.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -263,6 +263,49 @@ async fn open(
     })
 }
 
+/// Bytes of a peer's reliable packets accepted and not yet handed to QUIC, and a wake-up for
+/// senders waiting for room ([`Net::send`](super::Net::send)).
+#[derive(Debug, Default)]
+pub(crate) struct SendBuffer {
+    bytes: AtomicUsize,
+    /// A sender waits in [`room`](Self::room): wake it when bytes leave.
+    wanted: AtomicBool,
+    drained: Notify,
+}
+
+impl SendBuffer {
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, len: usize) {
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// `len` bytes were handed to QUIC.
+    pub(crate) fn sub(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+        if self.wanted.load(Ordering::Acquire) {
+            self.wanted.store(false, Ordering::Release);
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Resolves once `len` more bytes fit under `limit`.
+    pub(crate) async fn room(&self, len: usize, limit: usize) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            self.wanted.store(true, Ordering::Release);
+            if self.bytes.load(Ordering::Acquire).saturating_add(len) <= limit {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
 /// Sends one lane's frames, in order, on whatever connection is live; waits while there is
 /// none. Ends when the peer's slot drops its sender.
 pub(crate) async fn lane_writer(
@@ -271,7 +314,7 @@ pub(crate) async fn lane_writer(
     lane: u8,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
     mut live: watch::Receiver<Live>,
-    buffered: Arc<AtomicUsize>,
+    buffered: Arc<SendBuffer>,
     counters: Arc<Counters>,
 ) {
     let lag = inner.config.fake.lag;
@@ -356,7 +399,7 @@ pub(crate) async fn lane_writer(
         let len = frame.len().saturating_sub(framing::RELIABLE_HEADER);
         match open.send.send(frame.clone()).await {
             Ok(()) => {
-                buffered.fetch_sub(len, Ordering::Relaxed);
+                buffered.sub(len);
                 super::stats::add(&counters.reliable_bytes_sent, len as u64);
             }
             Err(error) => {

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::connection::{LaneGates, StreamTally};
+use super::connection::{LaneGates, SendBuffer, StreamTally};
 use super::framing::{self, Datagram};
 use super::nat::NatReport;
 use super::peer::{Action, ConnectionState, Consent, Peer, PeerInfo};
@@ -41,6 +41,18 @@ pub(crate) type Live = Option<(u64, Connection, Arc<StreamTally>)>;
 const RETIRE_GRACE: Duration = Duration::from_millis(500);
 const RETIRE_LIMIT: Duration = Duration::from_secs(15);
 
+/// What a waiting send waits on.
+enum Full {
+    /// The connection's datagram queue.
+    Datagrams(Connection),
+    /// The peer's reliable send buffer: `len` more bytes must fit under `limit`.
+    Buffer {
+        buffer: Arc<SendBuffer>,
+        len: usize,
+        limit: usize,
+    },
+}
+
 /// Everything `Net` knows about one remote user.
 pub(crate) struct Slot {
     pub(crate) peer: Peer,
@@ -48,7 +60,7 @@ pub(crate) struct Slot {
     generation: u64,
     pub(crate) live: watch::Sender<Live>,
     lanes: [Option<mpsc::UnboundedSender<Bytes>>; framing::LANES as usize],
-    pub(crate) buffered: Arc<AtomicUsize>,
+    pub(crate) buffered: Arc<SendBuffer>,
     sequence: u32,
     pub(crate) counters: Arc<Counters>,
     /// The order of the peer's reliable streams, per lane.
@@ -84,7 +96,7 @@ impl Slot {
             generation: 0,
             live: watch::channel(None).0,
             lanes: Default::default(),
-            buffered: Arc::new(AtomicUsize::new(0)),
+            buffered: Arc::new(SendBuffer::default()),
             sequence: 0,
             counters: Arc::new(Counters::default()),
             gates: Arc::new(LaneGates::default()),
@@ -447,12 +459,49 @@ impl Inner {
     }
 
     /// Hands a packet to the peer's connection (see `Net::send_packet`).
+    /// Sends a packet; a full queue or buffer refuses it (unreliable: counted as dropped).
     pub(crate) fn send(
         self: &Arc<Self>,
         user: Uuid,
         data: Bytes,
         policy: SendPolicy,
     ) -> Result<()> {
+        self.send_or_wait(user, data, policy, false).map(|_| ())
+    }
+
+    /// Sends a packet, waiting for room in a full queue or buffer instead of refusing it.
+    pub(crate) async fn send_waiting(
+        self: &Arc<Self>,
+        user: Uuid,
+        data: Bytes,
+        policy: SendPolicy,
+    ) -> Result<()> {
+        loop {
+            let wait = match self.send_or_wait(user, data.clone(), policy, true)? {
+                None => return Ok(()),
+                Some(wait) => wait,
+            };
+            let room = async {
+                match &wait {
+                    Full::Datagrams(conn) => conn.datagram_room().await,
+                    Full::Buffer { buffer, len, limit } => buffer.room(*len, *limit).await,
+                }
+            };
+            tokio::select! {
+                () = room => {}
+                () = self.shutdown.cancelled() => return Err(Error::Closed),
+            }
+        }
+    }
+
+    /// Sends, or (with `wait`) says what is full instead of refusing.
+    fn send_or_wait(
+        self: &Arc<Self>,
+        user: Uuid,
+        data: Bytes,
+        policy: SendPolicy,
+        wait: bool,
+    ) -> Result<Option<Full>> {
         let lane = match policy {
             SendPolicy::Unreliable => None,
             SendPolicy::Reliable => Some(0),
@@ -484,26 +533,34 @@ impl Inner {
             // Implicit connect: the first send to a user with no connection starts one.
             slot.peer.connect()
         };
+        let len = data.len();
+        let limit = self.config.send_buffer_bytes;
         let result = match lane {
-            None => {
-                self.send_unreliable(slot, data);
-                Ok(())
-            }
-            Some(lane) => self.send_reliable(user, slot, lane, data),
+            None => Ok(self.send_unreliable(slot, data, wait).map(Full::Datagrams)),
+            Some(lane) => match self.send_reliable(user, slot, lane, data) {
+                // Waiting helps only when the packet fits an empty buffer.
+                Err(Error::SendBufferFull) if wait && len <= limit => Ok(Some(Full::Buffer {
+                    buffer: slot.buffered.clone(),
+                    len,
+                    limit,
+                })),
+                other => other.map(|()| None),
+            },
         };
         drop(peers);
         self.apply(user, implicit);
         result
     }
 
-    fn send_unreliable(&self, slot: &mut Slot, data: Bytes) {
+    /// Sends an unreliable packet, or counts it as dropped. With `wait`, a full queue neither
+    /// sends nor counts it: the connection to wait on comes back instead.
+    fn send_unreliable(&self, slot: &mut Slot, data: Bytes, wait: bool) -> Option<Connection> {
         let counters = slot.counters.clone();
-        add(&counters.unreliable_sent, 1);
         let Some((_, conn)) = slot.conn.clone() else {
+            add(&counters.unreliable_sent, 1);
             add(&counters.dropped_not_connected, 1);
-            return;
+            return None;
         };
-        slot.last_activity = Instant::now();
         let fake = self.config.fake;
         let (lost, twice) = if fake.loss > 0.0 || fake.duplicate > 0.0 {
             let mut rng = lock(&self.rng);
@@ -518,13 +575,16 @@ impl Inner {
             payload: data,
         }
         .encode();
+        slot.last_activity = Instant::now();
         if lost {
             // Simulated loss happens "in the network": the peer sees the gap too.
+            add(&counters.unreliable_sent, 1);
             slot.sequence = slot.sequence.wrapping_add(1);
             add(&counters.dropped_fake, 1);
-            return;
+            return None;
         }
         if !fake.lag.is_zero() {
+            add(&counters.unreliable_sent, 1);
             slot.sequence = slot.sequence.wrapping_add(1);
             add(&counters.unreliable_bytes_sent, len);
             tokio::spawn(async move {
@@ -535,22 +595,30 @@ impl Inner {
                     }
                 }
             });
-            return;
+            return None;
         }
         match conn.send_datagram(datagram.clone()) {
             Ok(()) => {
+                add(&counters.unreliable_sent, 1);
                 slot.sequence = slot.sequence.wrapping_add(1);
                 add(&counters.unreliable_bytes_sent, len);
                 if twice {
                     let _ = conn.send_datagram(datagram);
                 }
             }
+            // The caller waits for room and sends it again: not sent yet, so not counted.
+            Err(DatagramError::QueueFull) if wait => return Some(conn),
             // Refused before it got a sequence number: counted here, not as a gap at the peer.
             Err(DatagramError::QueueFull | DatagramError::TooLarge { .. }) => {
+                add(&counters.unreliable_sent, 1);
                 add(&counters.dropped_queue_full, 1);
             }
-            Err(DatagramError::Closed) => add(&counters.dropped_not_connected, 1),
+            Err(DatagramError::Closed) => {
+                add(&counters.unreliable_sent, 1);
+                add(&counters.dropped_not_connected, 1);
+            }
         }
+        None
     }
 
     fn send_reliable(
@@ -561,7 +629,7 @@ impl Inner {
         data: Bytes,
     ) -> Result<()> {
         let len = data.len();
-        let buffered = slot.buffered.load(Ordering::Relaxed);
+        let buffered = slot.buffered.bytes();
         if buffered.saturating_add(len) > self.config.send_buffer_bytes {
             return Err(Error::SendBufferFull);
         }
@@ -584,7 +652,7 @@ impl Inner {
         if writer.send(frame.freeze()).is_err() {
             return Err(Error::Closed);
         }
-        slot.buffered.fetch_add(len, Ordering::Relaxed);
+        slot.buffered.add(len);
         slot.last_activity = Instant::now();
         add(&slot.counters.reliable_sent, 1);
         Ok(())
@@ -995,7 +1063,7 @@ impl Inner {
                 if let Some(idle) = self.config.idle_timeout
                     && slot.peer.is_connected()
                     && now.duration_since(slot.last_activity) >= idle
-                    && slot.buffered.load(Ordering::Relaxed) == 0
+                    && slot.buffered.bytes() == 0
                 {
                     actions.extend(slot.peer.close());
                 }
@@ -1018,7 +1086,7 @@ impl Inner {
             peers.retain(|_, slot| {
                 !(slot.peer.is_idle()
                     && slot.conn.is_none()
-                    && slot.buffered.load(Ordering::Relaxed) == 0
+                    && slot.buffered.bytes() == 0
                     && slot.lanes.iter().all(Option::is_none)
                     && now.duration_since(slot.last_activity) > Duration::from_secs(600))
             });

@@ -454,6 +454,33 @@ impl Net {
         self.inner.send(user, data.into(), policy)
     }
 
+    /// Sends a packet to `user` like [`send_packet`](Self::send_packet), but waits for room
+    /// instead of refusing: a reliable packet waits while the peer's send buffer is full
+    /// (rather than [`Error::SendBufferFull`]), an unreliable one while the connection's
+    /// datagram queue is full (rather than being dropped and counted). For senders that
+    /// produce faster than the path carries (bulk transfers, benchmarks); a game loop that must
+    /// never wait uses `send_packet`. Unreliable packets with no connection are still dropped
+    /// and counted, as with `send_packet`.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_dir, _server, url) = rally_client::doc_server!();
+    /// # let (net, peer) = rally_client::doc_support::connected_pair(&url).await?;
+    /// use rally_client::net::SendPolicy;
+    /// // A level's worth of data: each send waits while the buffer is full, none is refused.
+    /// for chunk in 0..200u32 {
+    ///     net.send(peer.user_id(), vec![chunk as u8; 60_000], SendPolicy::Reliable).await?;
+    /// }
+    /// for chunk in 0..200u32 {
+    ///     assert_eq!(peer.recv().await.expect("a packet").data[0], chunk as u8);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send(&self, user: Uuid, data: impl Into<Bytes>, policy: SendPolicy) -> Result<()> {
+        self.check_peer(user)?;
+        self.inner.send_waiting(user, data.into(), policy).await
+    }
+
     /// Sends a packet to every other member of the current room, each peer to peer
     /// (`ovr_Net_SendPacketToCurrentRoom`). `false` when this user is in no room. The membership
     /// is asked of the broker at most twice a second, so a member who just joined or left may
