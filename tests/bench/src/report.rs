@@ -47,20 +47,79 @@ impl Machine {
 /// One measured figure.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Row {
-    /// The scenario.
-    pub(crate) scenario: &'static str,
+    /// The scenario, with its variant (e.g. "RTT at 50% load"): rows compare only within one.
+    pub(crate) scenario: String,
     /// What was measured (Rally, or a baseline).
     pub(crate) subject: String,
+    /// Which figure of the subject (e.g. "rate", "p50", "p99"): ratios pair equal metrics.
+    pub(crate) metric: &'static str,
     /// The figure's value.
     pub(crate) value: f64,
     /// Its unit.
     pub(crate) unit: &'static str,
+    /// Whether a smaller value is better (latencies, memory); rates are higher-is-better.
+    pub(crate) lower_is_better: bool,
     /// Loss, where it applies (0 to 1).
     pub(crate) loss: Option<f64>,
     /// Settings that matter for reading it.
     pub(crate) settings: String,
     /// Whether this row is a baseline.
     pub(crate) baseline: bool,
+}
+
+impl Row {
+    /// A rate (higher is better) of `subject` in `scenario`.
+    pub(crate) fn rate(
+        scenario: impl Into<String>,
+        subject: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        Self {
+            scenario: scenario.into(),
+            subject: subject.into(),
+            metric: "rate",
+            value,
+            unit,
+            lower_is_better: false,
+            loss: None,
+            settings: String::new(),
+            baseline: false,
+        }
+    }
+
+    /// A cost (lower is better: a latency, a size) named `metric`, of `subject` in `scenario`.
+    pub(crate) fn cost(
+        scenario: impl Into<String>,
+        subject: impl Into<String>,
+        metric: &'static str,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        Self {
+            metric,
+            lower_is_better: true,
+            ..Self::rate(scenario, subject, value, unit)
+        }
+    }
+
+    /// Marks the row as a baseline.
+    pub(crate) fn baseline(mut self) -> Self {
+        self.baseline = true;
+        self
+    }
+
+    /// Sets the loss (0 to 1).
+    pub(crate) fn loss(mut self, loss: f64) -> Self {
+        self.loss = Some(loss);
+        self
+    }
+
+    /// Sets the settings that matter for reading the row.
+    pub(crate) fn settings(mut self, settings: impl Into<String>) -> Self {
+        self.settings = settings.into();
+        self
+    }
 }
 
 /// Everything measured in one run.
@@ -84,15 +143,17 @@ impl Report {
         self.rows.push(row);
     }
 
-    /// Rally's rows compared with each baseline row of the same scenario (higher is better for
-    /// every figure so far: rates).
+    /// A row compared with each baseline row of the same scenario and metric: value divided by
+    /// the baseline's, so above 1 is faster for a rate and slower (or larger) for a cost.
     fn ratios(&self, row: &Row) -> String {
         if row.baseline {
             return "baseline".to_owned();
         }
         self.rows
             .iter()
-            .filter(|b| b.baseline && b.scenario == row.scenario && b.value > 0.0)
+            .filter(|b| {
+                b.baseline && b.scenario == row.scenario && b.metric == row.metric && b.value > 0.0
+            })
             .map(|b| format!("{:.2}x {}", row.value / b.value, b.subject))
             .collect::<Vec<_>>()
             .join(", ")
@@ -109,17 +170,26 @@ impl Report {
             m.profile,
             m.commit
         );
+        out.push_str(
+            "Ratios divide a figure by the baseline's in the same scenario: above 1 is better \
+             for a rate, worse for a latency or a size.\n\n",
+        );
         out.push_str("| scenario | subject | figure | loss | ratio | settings |\n");
         out.push_str("|---|---|---|---|---|---|\n");
         for row in &self.rows {
             let loss = row
                 .loss
                 .map_or_else(|| "-".to_owned(), |l| format!("{:.2}%", l * 100.0));
+            let metric = if row.metric == "rate" {
+                String::new()
+            } else {
+                format!("{} ", row.metric)
+            };
             out.push_str(&format!(
-                "| {} | {} | {:.0} {} | {} | {} | {} |\n",
+                "| {} | {} | {metric}{} {} | {} | {} | {} |\n",
                 row.scenario,
                 row.subject,
-                row.value,
+                figure(row.value),
                 row.unit,
                 loss,
                 self.ratios(row),
@@ -144,5 +214,16 @@ impl Report {
             })
             .map(|r| format!("{} / {}", r.scenario, r.subject))
             .collect()
+    }
+}
+
+/// A figure with as many digits as it needs: integers above 100, three significant digits below.
+fn figure(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.3}")
     }
 }
