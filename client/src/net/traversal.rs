@@ -329,15 +329,8 @@ impl Traversal {
             plan.candidates.clone()
         };
         // The acceptor's first punch must leave before the dialer's first handshake packet
-        // reaches its NAT: the dialer starts half a punch interval later, unless the acceptor
-        // has no NAT at all (open, with no public address apart from its host addresses). A
-        // full cone still waits: its mapping may have expired since it was measured.
-        let no_nat = plan.theirs == NatClass::Open && plan.reflexive.is_empty();
-        let first_dial = if no_nat {
-            start
-        } else {
-            start + config.punch_interval / 2
-        };
+        // reaches its NAT: the dialer starts half a punch interval later.
+        let first_dial = start + config.punch_interval / 2;
         Self {
             direct_until: if no_direct { start } else { start + direct_for },
             next_punch: start,

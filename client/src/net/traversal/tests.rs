@@ -84,33 +84,6 @@ fn the_dialer_dials_candidates_in_priority_order_staggered_and_once_each() {
 }
 
 #[test]
-fn a_dialer_facing_an_acceptor_without_nat_dials_at_the_start_without_waiting_for_its_punch() {
-    let start = Instant::now();
-    let first_dial = |p: Plan| {
-        let mut t = Traversal::new(TraversalConfig::default(), p, start, 1);
-        run(&mut t, start, ms(500))
-            .into_iter()
-            .find(|(_, s)| matches!(s, Step::Dial(_)))
-    };
-    // No NAT: open, and its public address is one of its host addresses (none reflexive).
-    let mut p = plan(true);
-    p.theirs = NatClass::Open;
-    p.candidates = vec![addr("100.64.0.11:4000")];
-    p.reflexive.clear();
-    assert_eq!(
-        first_dial(p.clone()),
-        Some((ms(0), Step::Dial(addr("100.64.0.11:4000"))))
-    );
-    // A full cone (open behind a NAT, with a public address of its own) gets its punch first.
-    p.candidates.insert(0, addr("10.1.0.2:4000"));
-    p.reflexive.push(addr("100.64.0.11:4000"));
-    assert_eq!(
-        first_dial(p),
-        Some((ms(50), Step::Dial(addr("10.1.0.2:4000"))))
-    );
-}
-
-#[test]
 fn the_dialer_asks_for_the_relay_when_the_direct_phase_ends_and_dials_through_it() {
     let start = Instant::now();
     let mut t = Traversal::new(TraversalConfig::default(), plan(true), start, 1);
