@@ -353,12 +353,7 @@ impl Driver {
         let id = self.next_id();
         let request = AttachRequest {
             request_id: id,
-            body: Some(Request::Ping(Ping {
-                nonce: id,
-                rtt_micros: self.clock.rtt().map_or(0, |rtt| {
-                    u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX).max(1)
-                }),
-            })),
+            body: Some(Request::Ping(Ping { nonce: id })),
         };
         match stream.outbound.try_send(request) {
             Ok(()) => {
@@ -411,13 +406,8 @@ impl Driver {
                     .position(|(id, _)| *id == request_id)
                     .and_then(|i| stream.pings.remove(i));
                 if let (Some((_, sent)), Some(server_time)) = (sent, server_time) {
-                    let first = self.clock.rtt().is_none();
                     self.clock.sample(sent, now, server_time, true);
                     self.status.set_rtt(self.clock.rtt());
-                    if first && self.clock.rtt().is_some() {
-                        // Tell the broker the link's round trip at once: it times punches.
-                        self.ping(stream);
-                    }
                 }
             }
             Incoming::Event(event) => self.outbox.push(event),

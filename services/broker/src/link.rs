@@ -8,9 +8,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use futures::Stream;
 use rally_proto::broker::v1::AttachResponse;
@@ -50,8 +48,6 @@ pub(crate) struct Link {
     finished: CancellationToken,
     /// The `request_id` of each pending Connect, by the user it was sent to.
     connects: Mutex<HashMap<Uuid, u64>>,
-    /// The round trip of this link the client last reported in a Ping (0: none yet).
-    rtt_micros: AtomicU32,
 }
 
 /// The client's side of a link: the stream of server messages.
@@ -65,21 +61,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Link {
-    /// Records the round trip the client reported (0 leaves the last one).
-    pub(crate) fn set_rtt(&self, micros: u32) {
-        if micros > 0 {
-            self.rtt_micros.store(micros, Ordering::Relaxed);
-        }
-    }
-
-    /// The round trip the client last reported, if any.
-    pub(crate) fn rtt(&self) -> Option<Duration> {
-        match self.rtt_micros.load(Ordering::Relaxed) {
-            0 => None,
-            micros => Some(Duration::from_micros(u64::from(micros))),
-        }
-    }
-
     /// A link with an outgoing queue of `capacity` messages, and the stream that drains it.
     pub(crate) fn new(user: Uuid, attachment_id: Uuid, capacity: usize) -> (Arc<Self>, Outgoing) {
         let (queue, rx) = mpsc::channel(capacity.max(1));
@@ -91,7 +72,6 @@ impl Link {
             end_requested: CancellationToken::new(),
             finished: CancellationToken::new(),
             connects: Mutex::new(HashMap::new()),
-            rtt_micros: AtomicU32::new(0),
         });
         let stream = outgoing(rx, link.clone());
         (link, stream)

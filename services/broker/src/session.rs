@@ -219,13 +219,10 @@ async fn handle(broker: &Arc<Broker>, link: &Arc<Link>, request: AttachRequest) 
             )));
             return Next::End;
         }
-        Some(Request::Ping(ping)) => {
-            link.set_rtt(ping.rtt_micros);
-            Ok(Some(Body::Pong(Pong {
-                nonce: ping.nonce,
-                server_time: Some(timestamp(now())),
-            })))
-        }
+        Some(Request::Ping(ping)) => Ok(Some(Body::Pong(Pong {
+            nonce: ping.nonce,
+            server_time: Some(timestamp(now())),
+        }))),
         Some(body) => match broker.limiter.check_key(&link.user) {
             Err(_) => Err(Refusal::new(
                 ErrorCode::RateLimited,

@@ -128,13 +128,6 @@ pub(crate) fn dials(a: (Uuid, NatType), b: (Uuid, NatType)) -> bool {
 type Announced = HashMap<Uuid, (Presence, Announcement)>;
 
 impl Broker {
-    /// The punch lead of a pair, from the round trips its sides reported to this replica (a
-    /// side attached elsewhere counts as unknown).
-    fn punch_lead(&self, a: Uuid, b: Uuid) -> std::time::Duration {
-        let rtt = |user| self.links.get(user).and_then(|link| link.rtt());
-        lead_for(self.config.punch_lead, rtt(a), rtt(b))
-    }
-
     /// Applies a signal (any client message but Hello and Ping). `Ok(None)`: the answer was
     /// already sent (before follow-up messages, so it comes first).
     pub(crate) async fn signal(
@@ -446,7 +439,7 @@ impl Broker {
             self.notify(b, Body::PeerInfo(info(a, ann_a))).await;
         }
         if punch {
-            let start_at = timestamp(now().saturating_add(millis(self.punch_lead(a, b))));
+            let start_at = timestamp(now().saturating_add(millis(self.config.punch_lead)));
             let a_dials = dials((a, ann_a.nat_type()), (b, ann_b.nat_type()));
             let role = |dialer: bool| {
                 if dialer {
@@ -625,24 +618,6 @@ fn accepted_by(peer: Uuid) -> AttachResponse {
 }
 
 /// A duration in milliseconds, as the store's times are (saturating).
-/// What a pair's punch lead adds to the slower side's reported round trip: scheduling and
-/// jitter on the way to each side.
-const PUNCH_MARGIN: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// How far ahead a pair's common start time is: one and a half of the slower side's round trip
-/// plus [`PUNCH_MARGIN`] (the PunchStart needs half a round trip to reach each side), never
-/// more than the configured lead, which is also the answer when a side's round trip is unknown.
-pub(crate) fn lead_for(
-    configured: std::time::Duration,
-    a: Option<std::time::Duration>,
-    b: Option<std::time::Duration>,
-) -> std::time::Duration {
-    match (a, b) {
-        (Some(a), Some(b)) => (a.max(b) * 3 / 2 + PUNCH_MARGIN).min(configured),
-        _ => configured,
-    }
-}
-
 pub(crate) fn millis(duration: std::time::Duration) -> UnixMillis {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -689,29 +664,6 @@ mod tests {
             2 => NatType::Moderate,
             _ => NatType::Strict,
         }
-    }
-
-    #[test]
-    fn the_punch_lead_follows_the_slower_link_and_never_exceeds_the_configured_one() {
-        use std::time::Duration as D;
-        let configured = D::from_millis(250);
-        let ms = D::from_millis;
-        // Loopback: a few milliseconds instead of a quarter of a second.
-        assert_eq!(
-            lead_for(
-                configured,
-                Some(D::from_micros(200)),
-                Some(D::from_micros(400))
-            ),
-            D::from_micros(2600)
-        );
-        assert_eq!(lead_for(configured, Some(ms(40)), Some(ms(80))), ms(122));
-        assert_eq!(
-            lead_for(configured, Some(ms(10)), Some(ms(300))),
-            configured
-        );
-        assert_eq!(lead_for(configured, None, Some(ms(1))), configured);
-        assert_eq!(lead_for(configured, Some(ms(1)), None), configured);
     }
 
     #[test]
