@@ -51,6 +51,49 @@ pub(crate) struct Budget {
     pub(crate) quick: bool,
 }
 
+/// Every scenario in order: Rally's side next to its baselines. The best bare s2n-quic datagram
+/// rate is the maximum load of the round-trip scenarios.
+async fn run_all(budget: Budget, report: &mut Report) -> anyhow::Result<()> {
+    use anyhow::Context;
+    unreliable::run(budget, report)
+        .await
+        .context("the unreliable scenario failed")?;
+    let max_rate = baselines::unreliable(budget, report)
+        .await
+        .context("the unreliable baselines failed")?;
+    reliable::run(budget, report)
+        .await
+        .context("the reliable scenario failed")?;
+    baselines::reliable(budget, report)
+        .await
+        .context("the reliable baselines failed")?;
+    baselines::latency(budget, report, max_rate)
+        .await
+        .context("the round-trip baselines failed")?;
+    latency::run(budget, report, max_rate)
+        .await
+        .context("the round-trip scenario failed")?;
+    baselines::connect(budget, report)
+        .await
+        .context("the connect baselines failed")?;
+    connect::run(budget, report)
+        .await
+        .context("the connect scenario failed")?;
+    fan_out::run(budget, report)
+        .await
+        .context("the fan-out scenario failed")?;
+    signalling::run(budget, report)
+        .await
+        .context("the broker signalling scenario failed")?;
+    store_ops::run(budget, report)
+        .await
+        .context("the room join/leave and matchmaking scenario failed")?;
+    attached::run(budget, report)
+        .await
+        .context("the attached clients scenario failed")?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     if let Some(code) = attached::serve_child().await {
@@ -66,55 +109,8 @@ async fn main() -> ExitCode {
         quick: cli.quick,
     };
     let mut report = Report::new(Machine::read(), cli.quick);
-    if let Err(error) = unreliable::run(budget, &mut report).await {
-        eprintln!("rally-bench: the unreliable scenario failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    let max_rate = match baselines::unreliable(budget, &mut report).await {
-        Ok(rate) => rate,
-        Err(error) => {
-            eprintln!("rally-bench: the unreliable baselines failed: {error:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(error) = reliable::run(budget, &mut report).await {
-        eprintln!("rally-bench: the reliable scenario failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = baselines::reliable(budget, &mut report).await {
-        eprintln!("rally-bench: the reliable baselines failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = baselines::latency(budget, &mut report, max_rate).await {
-        eprintln!("rally-bench: the round-trip baselines failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = latency::run(budget, &mut report, max_rate).await {
-        eprintln!("rally-bench: the round-trip scenario failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = baselines::connect(budget, &mut report).await {
-        eprintln!("rally-bench: the connect baselines failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = connect::run(budget, &mut report).await {
-        eprintln!("rally-bench: the connect scenario failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = fan_out::run(budget, &mut report).await {
-        eprintln!("rally-bench: the fan-out scenario failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = signalling::run(budget, &mut report).await {
-        eprintln!("rally-bench: the broker signalling scenario failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = store_ops::run(budget, &mut report).await {
-        eprintln!("rally-bench: the room join/leave and matchmaking scenario failed: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(error) = attached::run(budget, &mut report).await {
-        eprintln!("rally-bench: the attached clients scenario failed: {error:#}");
+    if let Err(error) = run_all(budget, &mut report).await {
+        eprintln!("rally-bench: {error:#}");
         return ExitCode::FAILURE;
     }
     println!("{}", report.markdown());
