@@ -332,25 +332,10 @@ impl Draws {
 
 /// The baseline on a throwaway Postgres database: (transactions per second, settings).
 async fn postgres_pgbench(budget: Budget) -> anyhow::Result<(f64, String)> {
-    let server_url = postgres_server_url();
-    let name = format!("rally_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = tokio::time::timeout(CALL_TIMEOUT, sqlx::PgConnection::connect(&server_url))
+    let database = rally_store_postgres::testing::TempDatabase::create_on(&postgres_server_url())
         .await
-        .context("connecting to Postgres: no answer in time")??;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut admin)
-        .await
-        .context("creating the baseline's database")?;
-    let url = database_url(&server_url, &name);
-    let result = postgres_pgbench_on(&url, budget).await;
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await;
-    let _ = admin.close().await;
-    if let Err(error) = dropped {
-        eprintln!("rally-bench: warning: database {name} was not dropped: {error}");
-    }
-    result
+        .context("no Postgres for the baseline's database")?;
+    postgres_pgbench_on(database.url(), budget).await
 }
 
 async fn postgres_pgbench_on(url: &str, budget: Budget) -> anyhow::Result<(f64, String)> {
@@ -516,21 +501,4 @@ async fn sqlite_pgbench(budget: Budget) -> anyhow::Result<(f64, String)> {
              file in WAL mode with synchronous NORMAL (as rallyd)"
         ),
     ))
-}
-
-/// `server_url` with its database (the URL path) replaced by `database`; the query is kept.
-fn database_url(server_url: &str, database: &str) -> String {
-    let (location, query) = match server_url.split_once('?') {
-        Some((location, query)) => (location, Some(query)),
-        None => (server_url, None),
-    };
-    let authority_start = location.find("://").map_or(0, |end| end + 3);
-    let base = match location[authority_start..].find('/') {
-        Some(path_start) => &location[..authority_start + path_start],
-        None => location,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
 }
