@@ -116,15 +116,11 @@ fn unreliable_one_way(from: &mut PeerNode, to: &mut PeerNode) -> Unreliable {
             UNRELIABLE_SIZE,
         );
         sent += UNRELIABLE_BATCH;
+        // Pacing only: a batch is ~10 QUIC packets, so one batch may lose far more than 10%
+        // by chance; the loss over all of them is judged at the end.
         let floor = (sent as f64 * PACING_SHARE) as u64;
         let need = floor.saturating_sub(seen.count);
         seen.expect(to, from, need, BATCH_DELIVERY);
-        assert!(
-            seen.count >= floor,
-            "after {sent} unreliable packets only {} arrived (more than {:.0}% lost)",
-            seen.count,
-            (1.0 - PACING_SHARE) * 100.0
-        );
     }
     // The receiver counts a packet as lost only when a later one arrives, so packets lost at
     // the very end would stay unaccounted. Once the stragglers are in, send single flush packets
