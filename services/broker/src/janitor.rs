@@ -22,7 +22,7 @@ const SWEEP_LIMIT: u32 = 256;
 /// A replica whose heartbeat is this many intervals old counts as dead.
 const SILENT_INTERVALS: u32 = 3;
 
-pub(crate) fn spawn(broker: Arc<Broker>) {
+pub(crate) fn spawn(broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let sweep_every = (broker.config.detach_grace / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(5));
@@ -47,7 +47,7 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
         {
             tracing::warn!(%error, "could not record this replica's attachments as detached");
         }
-    });
+    })
 }
 
 impl Broker {

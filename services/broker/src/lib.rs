@@ -123,6 +123,9 @@ pub struct Broker {
     links: link::Links,
     limiter: DefaultKeyedRateLimiter<Uuid>,
     shutdown: CancellationToken,
+    /// The janitor task, whose last act after `shutdown` is a store write: see
+    /// [`finished`](Broker::finished).
+    janitor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -159,12 +162,33 @@ impl Broker {
             bus,
             links: link::Links::default(),
             shutdown,
+            janitor: std::sync::Mutex::new(None),
         });
         let signals = broker.bus.subscribe(BROKER_TOPIC).await?;
         tokio::spawn(broker.clone().listen(signals));
-        janitor::spawn(broker.clone());
+        let janitor = janitor::spawn(broker.clone());
+        *broker
+            .janitor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(janitor);
         tracing::info!(replica = %broker.replica_id, "broker started");
         Ok(broker)
+    }
+
+    /// Resolves once the broker's background work has ended after the shutdown, including its
+    /// last store write (every attachment of this replica recorded as detached): the database
+    /// may be closed only then.
+    pub async fn finished(&self) {
+        let janitor = self
+            .janitor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(janitor) = janitor
+            && let Err(error) = janitor.await
+        {
+            tracing::warn!(%error, "the broker's janitor task failed");
+        }
     }
 
     /// This replica's id (attachments record it).

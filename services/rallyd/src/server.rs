@@ -209,10 +209,11 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                 shutdown.clone(),
             )
             .await?;
-            Some(broker.into_server())
+            Some(broker)
         }
         _ => None,
     };
+    let broker_server = broker.clone().map(rally_broker::Broker::into_server);
 
     let served: Vec<&'static str> = config
         .services
@@ -267,7 +268,7 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         .add_optional_service(identity)
         .add_optional_service(rooms)
         .add_optional_service(matchmaking)
-        .add_optional_service(broker);
+        .add_optional_service(broker_server);
 
     let grace = config.shutdown_grace();
     let task = {
@@ -302,6 +303,17 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                     }
                 },
             };
+            // Background work writes to the database as it ends: close it only after.
+            if let Some(broker) = &broker
+                && tokio::time::timeout(grace, broker.finished())
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(
+                    ?grace,
+                    "the broker's last store write did not finish in time"
+                );
+            }
             database.close().await;
             tracing::info!("rallyd stopped");
             result.map_err(|e| RallydError::Server(e.to_string()))

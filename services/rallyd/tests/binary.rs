@@ -80,23 +80,36 @@ impl Rallyd {
         format!("http://{}", self.addr)
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
+    /// Sends SIGTERM and waits for a clean exit: status 0 and no warning logged on the way
+    /// (such as a last write to the database failing because it was already closed).
     fn terminate(mut self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill failed");
-        self.wait_for("rallyd stopped");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut logged = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Every line until the log ends (the process closed its stdout).
         loop {
-            if let Some(exit) = self.child.try_wait().expect("wait") {
-                assert!(exit.success(), "rallyd exited with {exit}");
-                return;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => logged.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("rallyd did not exit in 60 s"),
             }
-            assert!(std::time::Instant::now() < deadline, "rallyd did not exit");
-            std::thread::park_timeout(Duration::from_millis(50));
         }
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "rallyd exited with {exit}");
+        assert!(
+            logged.iter().any(|line| line.contains("rallyd stopped")),
+            "no \"rallyd stopped\" line: {logged:#?}"
+        );
+        let warnings: Vec<_> = logged
+            .iter()
+            .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+            .collect();
+        assert!(warnings.is_empty(), "shutdown logged {warnings:#?}");
     }
 }
 
