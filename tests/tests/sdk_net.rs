@@ -559,6 +559,39 @@ async fn idle_connections_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_keeps_a_connection_open_past_the_idle_timeout() {
+    let server = sqlite().await;
+    let idle = Duration::from_secs(1);
+    let mut config = loopback_config();
+    config.idle_timeout = Some(idle);
+    let a = client_with(&server, "ada", config.clone()).await;
+    let b = client_with(&server, "bob", config).await;
+    connect_pair(&a, &b).await;
+    // Unreliable packets one way for three idle timeouts: the sender's and the receiver's
+    // traffic both count, so neither side closes.
+    let started = std::time::Instant::now();
+    let mut pace = tokio::time::interval(idle / 10);
+    for i in 0..30u32 {
+        pace.tick().await;
+        a.net
+            .send_packet(b.user, payload(i, 100), SendPolicy::Unreliable)
+            .expect("send");
+    }
+    assert!(started.elapsed() >= idle * 2);
+    assert!(
+        a.net.is_connected(b.user),
+        "the sender closed a busy connection"
+    );
+    assert!(
+        b.net.is_connected(a.user),
+        "the receiver closed a busy connection"
+    );
+    // Quiet again: both sides close.
+    until_state(&a.net, b.user, ConnectionState::Closed).await;
+    until_state(&b.net, a.user, ConnectionState::Closed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_keep_talking_when_the_control_plane_goes_away() {
     let server = sqlite().await;
     let a = client(&server, "ada").await;

@@ -88,7 +88,25 @@ impl Connection {
     /// Queues an unreliable datagram, without waiting. `Ok` means it will be sent or counted as
     /// dropped in [`stats`](Self::stats); `QueueFull` is counted too.
     pub fn send_datagram(&self, payload: Bytes) -> Result<(), DatagramError> {
-        self.inner.datagrams.send(payload)
+        self.inner.datagrams.send(payload.into())
+    }
+
+    /// Queues `header` followed by `payload` as one datagram, like
+    /// [`send_datagram`](Self::send_datagram), without copying the payload: both are written
+    /// into the packet side by side. For a protocol's own framing in front of an application's
+    /// bytes. A header longer than [`MAX_DATAGRAM_HEADER`](crate::MAX_DATAGRAM_HEADER) bytes is
+    /// refused with `TooLarge`; the size limit applies to header and payload together.
+    pub fn send_datagram_with_header(
+        &self,
+        header: &[u8],
+        payload: Bytes,
+    ) -> Result<(), DatagramError> {
+        let datagram =
+            crate::send_queue::Outgoing::new(header, payload).ok_or(DatagramError::TooLarge {
+                size: header.len(),
+                max: crate::MAX_DATAGRAM_HEADER,
+            })?;
+        self.inner.datagrams.send(datagram)
     }
 
     /// Waits until the datagram send queue has room, so that a sender can apply back-pressure

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::error::DatagramError;
 use crate::recv_queue::{RecvCounters, RecvQueue};
-use crate::send_queue::{PushError, SendCounters, SendQueue};
+use crate::send_queue::{Outgoing, PushError, SendCounters, SendQueue};
 
 /// Bytes of a packet that are not datagram payload, at worst: IPv6 and UDP headers (48), a
 /// short header with a 20-byte connection id and a 4-byte packet number (25), the AEAD tag
@@ -70,7 +70,7 @@ impl DatagramChannel {
     }
 
     /// Queues a datagram for sending, without waiting.
-    pub(crate) fn send(&self, datagram: Bytes) -> Result<(), DatagramError> {
+    pub(crate) fn send(&self, datagram: Outgoing) -> Result<(), DatagramError> {
         let pushed = lock(&self.send).push(datagram);
         match pushed {
             Ok(wake) => {

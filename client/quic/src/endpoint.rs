@@ -416,19 +416,23 @@ fn endpoint_error(error: impl fmt::Display) -> TransportError {
     TransportError::Endpoint(error.to_string())
 }
 
-/// The IO provider over one of our sockets: buffers and MTU from the configuration; GSO left at
-/// s2n-quic's default (on). Measured on loopback, 2 cores, release: GSO on carries stream bulk
-/// at ~400 MB/s (off: ~160) and 1216-byte datagrams at ~130k/s (off: ~200k/s); both far above
-/// what a game sends, and streams gain more.
+/// The IO provider over one of our sockets: buffers, MTU and GSO from the configuration.
+/// Measured on loopback, 2 cores, release: GSO on carries stream bulk at ~400 MB/s (off: ~160)
+/// and 1216-byte datagrams at ~130k/s (off: ~200k/s).
 fn io(config: &TransportConfig, socket: std::net::UdpSocket) -> Result<Io, TransportError> {
     // The maximum goes first: the initial MTU may not exceed it.
-    Ok(IoBuilder::default()
+    let builder = IoBuilder::default()
         .with_rx_socket(socket)?
         .with_recv_buffer_size(config.socket_buffer_bytes)?
         .with_send_buffer_size(config.socket_buffer_bytes)?
         .with_max_mtu(config.max_mtu)?
-        .with_initial_mtu(config.max_mtu)?
-        .build()?)
+        .with_initial_mtu(config.max_mtu)?;
+    let builder = if config.gso {
+        builder
+    } else {
+        builder.with_gso_disabled()?
+    };
+    Ok(builder.build()?)
 }
 
 fn limits(config: &TransportConfig) -> Result<Limits, TransportError> {

@@ -44,6 +44,7 @@ pub use endpoint::Transport;
 pub use error::{DatagramError, TransportError};
 pub use identity::{Fingerprint, fingerprint};
 pub use s2n_quic::stream::{ReceiveStream as RecvStream, SendStream};
+pub use send_queue::MAX_DATAGRAM_HEADER;
 pub use stats::ConnectionStats;
 
 #[cfg(test)]

@@ -32,6 +32,50 @@ pub(crate) struct SendCounters {
     pub dropped_closed: u64,
 }
 
+/// The most header bytes a queued datagram carries in front of its payload.
+pub const MAX_DATAGRAM_HEADER: usize = 16;
+
+/// A datagram waiting to be sent: a short header kept inline and the payload, written into the
+/// packet side by side, so that framing a payload never copies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Outgoing {
+    header: [u8; MAX_DATAGRAM_HEADER],
+    header_len: u8,
+    payload: Bytes,
+}
+
+impl Outgoing {
+    /// `header` (at most [`MAX_DATAGRAM_HEADER`] bytes, else `None`) followed by `payload`.
+    pub(crate) fn new(header: &[u8], payload: Bytes) -> Option<Self> {
+        let mut inline = [0; MAX_DATAGRAM_HEADER];
+        inline.get_mut(..header.len())?.copy_from_slice(header);
+        Some(Self {
+            header: inline,
+            header_len: u8::try_from(header.len()).ok()?,
+            payload,
+        })
+    }
+
+    /// The datagram's size: header and payload.
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.header_len) + self.payload.len()
+    }
+
+    fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_len)]
+    }
+}
+
+impl From<Bytes> for Outgoing {
+    fn from(payload: Bytes) -> Self {
+        Self {
+            header: [0; MAX_DATAGRAM_HEADER],
+            header_len: 0,
+            payload,
+        }
+    }
+}
+
 /// Why [`SendQueue::push`] refused a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
@@ -54,7 +98,7 @@ struct Stuck {
 /// The datagrams waiting to be sent on one connection.
 #[derive(Debug)]
 pub(crate) struct SendQueue {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Outgoing>,
     capacity: usize,
     max_payload: usize,
     stuck: Option<Stuck>,
@@ -84,7 +128,8 @@ impl SendQueue {
 
     /// Queues a datagram. `Ok(true)` means the queue was empty (or stuck) before: the connection
     /// must be woken to look at it.
-    pub(crate) fn push(&mut self, datagram: Bytes) -> Result<bool, PushError> {
+    pub(crate) fn push(&mut self, datagram: impl Into<Outgoing>) -> Result<bool, PushError> {
+        let datagram = datagram.into();
         if self.closed {
             return Err(PushError::Closed);
         }
@@ -141,7 +186,7 @@ impl SendQueue {
         }
         while let Some(head) = self.queue.front() {
             if head.len() <= packet.remaining_capacity() {
-                match packet.write_datagram(head) {
+                match packet.write_datagram_vectored(&[head.header(), &head.payload]) {
                     Ok(()) => {
                         self.queue.pop_front();
                         self.counters.sent += 1;
@@ -166,7 +211,7 @@ impl SendQueue {
     /// The head does not fit this packet. Drops it (and says so) when the path is known to be
     /// too small for it or has not carried it for longer than [`STUCK_BOUND`].
     fn give_up_on_head(&mut self, room: usize, now: &impl Fn() -> Instant) -> bool {
-        let Some(size) = self.queue.front().map(Bytes::len) else {
+        let Some(size) = self.queue.front().map(Outgoing::len) else {
             return false;
         };
         if self.ceiling.is_some_and(|ceiling| size > ceiling) {
@@ -225,6 +270,8 @@ mod tests {
         room: usize,
         streams: bool,
         written: Vec<usize>,
+        /// The bytes of each datagram written.
+        contents: Vec<Vec<u8>>,
     }
 
     impl FakePacket {
@@ -233,6 +280,7 @@ mod tests {
                 room,
                 streams: false,
                 written: Vec::new(),
+                contents: Vec::new(),
             }
         }
     }
@@ -252,6 +300,7 @@ mod tests {
             // Frame type and length take a few bytes too.
             self.room = self.room.saturating_sub(len + 3);
             self.written.push(len);
+            self.contents.push(data.concat());
             Ok(())
         }
         fn has_pending_streams(&self) -> bool {
@@ -264,6 +313,24 @@ mod tests {
 
     fn datagram(len: usize) -> Bytes {
         Bytes::from(vec![7u8; len])
+    }
+
+    #[test]
+    fn a_header_goes_in_front_of_its_payload_and_counts_against_the_limits() {
+        let mut queue = SendQueue::new(4, 10);
+        let framed = Outgoing::new(&[1, 2, 3], Bytes::from_static(&[9, 9, 9, 9])).expect("short");
+        assert_eq!(framed.len(), 7);
+        assert_eq!(queue.push(framed), Ok(true));
+        assert_eq!(queue.push(datagram(2)), Ok(false));
+        let too_large = Outgoing::new(&[1, 2, 3], datagram(8)).expect("short");
+        assert_eq!(
+            queue.push(too_large),
+            Err(PushError::TooLarge { size: 11, max: 10 })
+        );
+        let mut packet = FakePacket::new(1400);
+        queue.on_transmit(&mut packet, Instant::now);
+        assert_eq!(packet.contents, vec![vec![1, 2, 3, 9, 9, 9, 9], vec![7, 7]]);
+        assert!(Outgoing::new(&[0; MAX_DATAGRAM_HEADER + 1], Bytes::new()).is_none());
     }
 
     fn queue_with(sizes: &[usize]) -> SendQueue {

@@ -43,6 +43,34 @@ async fn datagrams_echo() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_and_its_payload_arrive_as_one_datagram() -> Result<()> {
+    let (alice, bob) = (transport()?, transport()?);
+    let (to_bob, from_alice) = connect(&alice, &bob).await?;
+    let max = to_bob.max_datagram_payload();
+    let header = [1u8, 2, 3, 4, 5];
+    let payload = numbered(9, max - header.len());
+    to_bob.send_datagram_with_header(&header, payload.clone())?;
+    let received = within("the framed datagram", from_alice.recv_datagram()).await?;
+    ensure!(
+        received.as_deref() == Some(&[&header[..], &payload].concat()[..]),
+        "the datagram arrived changed"
+    );
+    // The limit counts the header: one byte more is refused, and so is a header too long.
+    let refused = to_bob.send_datagram_with_header(&header, numbered(9, max - header.len() + 1));
+    ensure!(
+        matches!(refused, Err(DatagramError::TooLarge { .. })),
+        "{refused:?}"
+    );
+    let long = [0u8; rally_quic::MAX_DATAGRAM_HEADER + 1];
+    let refused = to_bob.send_datagram_with_header(&long, Bytes::new());
+    ensure!(
+        matches!(refused, Err(DatagramError::TooLarge { .. })),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_game_packet_sent_right_after_connecting_arrives() -> Result<()> {
     // s2n-quic's defaults dropped this 4 times out of 4; try several fresh connections.
     for attempt in 0..5 {

@@ -65,7 +65,10 @@ pub(crate) struct Slot {
     pub(crate) counters: Arc<Counters>,
     /// The order of the peer's reliable streams, per lane.
     gates: Arc<LaneGates>,
+    /// When the peer last had traffic, as of the last tick (which compares `traffic_seen`
+    /// with the counters' [`traffic`](Counters::traffic)).
     pub(crate) last_activity: Instant,
+    traffic_seen: u64,
     pings: HashMap<u32, Instant>,
     punch_at: Option<Instant>,
     /// The peer's public addresses from its last PunchStart.
@@ -101,6 +104,7 @@ impl Slot {
             counters: Arc::new(Counters::default()),
             gates: Arc::new(LaneGates::default()),
             last_activity: Instant::now(),
+            traffic_seen: 0,
             pings: HashMap::new(),
             punch_at: None,
             punch_reflexive: Vec::new(),
@@ -570,12 +574,8 @@ impl Inner {
         };
         let sequence = slot.sequence;
         let len = data.len() as u64;
-        let datagram = Datagram::Unreliable {
-            sequence,
-            payload: data,
-        }
-        .encode();
-        slot.last_activity = Instant::now();
+        // The header goes in front of the payload inside the packet: the payload is not copied.
+        let header = Datagram::unreliable_header(sequence);
         if lost {
             // Simulated loss happens "in the network": the peer sees the gap too.
             add(&counters.unreliable_sent, 1);
@@ -590,20 +590,24 @@ impl Inner {
             tokio::spawn(async move {
                 tokio::time::sleep(fake.lag).await;
                 for _ in 0..if twice { 2 } else { 1 } {
-                    if conn.send_datagram(datagram.clone()).is_err() {
+                    if conn
+                        .send_datagram_with_header(&header, data.clone())
+                        .is_err()
+                    {
                         add(&counters.dropped_queue_full, 1);
                     }
                 }
             });
             return None;
         }
-        match conn.send_datagram(datagram.clone()) {
+        let copy = twice.then(|| data.clone());
+        match conn.send_datagram_with_header(&header, data) {
             Ok(()) => {
                 add(&counters.unreliable_sent, 1);
                 slot.sequence = slot.sequence.wrapping_add(1);
                 add(&counters.unreliable_bytes_sent, len);
-                if twice {
-                    let _ = conn.send_datagram(datagram);
+                if let Some(copy) = copy {
+                    let _ = conn.send_datagram_with_header(&header, copy);
                 }
             }
             // The caller waits for room and sends it again: not sent yet, so not counted.
@@ -653,7 +657,6 @@ impl Inner {
             return Err(Error::Closed);
         }
         slot.buffered.add(len);
-        slot.last_activity = Instant::now();
         add(&slot.counters.reliable_sent, 1);
         Ok(())
     }
@@ -685,7 +688,6 @@ impl Inner {
         let counters = slot.counters.clone();
         match Datagram::decode(bytes) {
             Ok(Datagram::Unreliable { sequence, payload }) => {
-                slot.last_activity = Instant::now();
                 drop(peers);
                 add(&counters.unreliable_received, 1);
                 add(&counters.unreliable_bytes_received, payload.len() as u64);
@@ -730,9 +732,6 @@ impl Inner {
     ) -> bool {
         add(&counters.reliable_received, 1);
         add(&counters.reliable_bytes_received, data.len() as u64);
-        if let Some(slot) = lock(&self.peers).get_mut(&user) {
-            slot.last_activity = Instant::now();
-        }
         let policy = if lane == 0 {
             SendPolicy::Reliable
         } else {
@@ -1059,6 +1058,11 @@ impl Inner {
         {
             let mut peers = lock(&self.peers);
             for (user, slot) in peers.iter_mut() {
+                let traffic = slot.counters.traffic();
+                if traffic != slot.traffic_seen {
+                    slot.traffic_seen = traffic;
+                    slot.last_activity = now;
+                }
                 let mut actions = slot.peer.on_tick(now);
                 if let Some(idle) = self.config.idle_timeout
                     && slot.peer.is_connected()

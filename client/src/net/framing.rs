@@ -70,6 +70,13 @@ pub enum FramingError {
 }
 
 impl Datagram {
+    /// The header of an unreliable datagram with `sequence`: what goes in front of its
+    /// payload (`encode` without copying the payload).
+    pub fn unreliable_header(sequence: u32) -> [u8; DATAGRAM_HEADER] {
+        let [a, b, c, d] = sequence.to_be_bytes();
+        [KIND_UNRELIABLE, a, b, c, d]
+    }
+
     /// The encoded datagram.
     pub fn encode(&self) -> Bytes {
         let (kind, number, payload): (u8, u32, &[u8]) = match self {
@@ -260,6 +267,17 @@ impl LossCounter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_unreliable_header_is_what_encode_puts_before_the_payload() {
+        let payload = Bytes::from_static(b"state");
+        let datagram = Datagram::Unreliable {
+            sequence: 0x0102_0304,
+            payload: payload.clone(),
+        };
+        let framed = [&Datagram::unreliable_header(0x0102_0304)[..], &payload].concat();
+        assert_eq!(&datagram.encode()[..], &framed[..]);
+    }
 
     #[test]
     fn datagrams_round_trip() {
