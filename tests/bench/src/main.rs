@@ -40,6 +40,30 @@ struct Cli {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run only these scenarios (comma-separated), e.g. to profile one; every one by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+}
+
+/// The scenarios `--only` can pick, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Unreliable 1200 B packets, with raw UDP and bare s2n-quic datagrams.
+    Unreliable,
+    /// Reliable 1 KiB and 64 KiB packets, with bare s2n-quic streams.
+    Reliable,
+    /// Round trips idle and under load (measures the bare datagram rate first).
+    Latency,
+    /// Brokered connect, with a bare handshake.
+    Connect,
+    /// Room fan-out.
+    FanOut,
+    /// Broker signalling on Postgres.
+    Signalling,
+    /// Room join/leave and matchmaking, with a pgbench-style transaction.
+    Store,
+    /// Attached clients per replica.
+    Attached,
 }
 
 /// How long each measurement runs.
@@ -53,44 +77,66 @@ pub(crate) struct Budget {
 
 /// Every scenario in order: Rally's side next to its baselines. The best bare s2n-quic datagram
 /// rate is the maximum load of the round-trip scenarios.
-async fn run_all(budget: Budget, report: &mut Report) -> anyhow::Result<()> {
+async fn run_all(budget: Budget, only: &[Scenario], report: &mut Report) -> anyhow::Result<()> {
     use anyhow::Context;
-    unreliable::run(budget, report)
-        .await
-        .context("the unreliable scenario failed")?;
-    let max_rate = baselines::unreliable(budget, report)
-        .await
-        .context("the unreliable baselines failed")?;
-    reliable::run(budget, report)
-        .await
-        .context("the reliable scenario failed")?;
-    baselines::reliable(budget, report)
-        .await
-        .context("the reliable baselines failed")?;
-    baselines::latency(budget, report, max_rate)
-        .await
-        .context("the round-trip baselines failed")?;
-    latency::run(budget, report, max_rate)
-        .await
-        .context("the round-trip scenario failed")?;
-    baselines::connect(budget, report)
-        .await
-        .context("the connect baselines failed")?;
-    connect::run(budget, report)
-        .await
-        .context("the connect scenario failed")?;
-    fan_out::run(budget, report)
-        .await
-        .context("the fan-out scenario failed")?;
-    signalling::run(budget, report)
-        .await
-        .context("the broker signalling scenario failed")?;
-    store_ops::run(budget, report)
-        .await
-        .context("the room join/leave and matchmaking scenario failed")?;
-    attached::run(budget, report)
-        .await
-        .context("the attached clients scenario failed")?;
+    let runs = |scenario| only.is_empty() || only.contains(&scenario);
+    if runs(Scenario::Unreliable) {
+        unreliable::run(budget, report)
+            .await
+            .context("the unreliable scenario failed")?;
+    }
+    let mut max_rate = None;
+    if runs(Scenario::Unreliable) || runs(Scenario::Latency) {
+        max_rate = Some(
+            baselines::unreliable(budget, report)
+                .await
+                .context("the unreliable baselines failed")?,
+        );
+    }
+    if runs(Scenario::Reliable) {
+        reliable::run(budget, report)
+            .await
+            .context("the reliable scenario failed")?;
+        baselines::reliable(budget, report)
+            .await
+            .context("the reliable baselines failed")?;
+    }
+    if let Some(max_rate) = max_rate.filter(|_| runs(Scenario::Latency)) {
+        baselines::latency(budget, report, max_rate)
+            .await
+            .context("the round-trip baselines failed")?;
+        latency::run(budget, report, max_rate)
+            .await
+            .context("the round-trip scenario failed")?;
+    }
+    if runs(Scenario::Connect) {
+        baselines::connect(budget, report)
+            .await
+            .context("the connect baselines failed")?;
+        connect::run(budget, report)
+            .await
+            .context("the connect scenario failed")?;
+    }
+    if runs(Scenario::FanOut) {
+        fan_out::run(budget, report)
+            .await
+            .context("the fan-out scenario failed")?;
+    }
+    if runs(Scenario::Signalling) {
+        signalling::run(budget, report)
+            .await
+            .context("the broker signalling scenario failed")?;
+    }
+    if runs(Scenario::Store) {
+        store_ops::run(budget, report)
+            .await
+            .context("the room join/leave and matchmaking scenario failed")?;
+    }
+    if runs(Scenario::Attached) {
+        attached::run(budget, report)
+            .await
+            .context("the attached clients scenario failed")?;
+    }
     Ok(())
 }
 
@@ -109,7 +155,7 @@ async fn main() -> ExitCode {
         quick: cli.quick,
     };
     let mut report = Report::new(Machine::read(), cli.quick);
-    if let Err(error) = run_all(budget, &mut report).await {
+    if let Err(error) = run_all(budget, &cli.only, &mut report).await {
         eprintln!("rally-bench: {error:#}");
         return ExitCode::FAILURE;
     }

@@ -55,6 +55,16 @@ impl Rig {
 
     /// A new device user with a `Net` bound to 127.0.0.1.
     pub(crate) async fn client(&self, name: &str) -> anyhow::Result<Client> {
+        self.client_with(name, |_| {}).await
+    }
+
+    /// A new device user with a `Net` bound to 127.0.0.1, its configuration changed by
+    /// `configure`.
+    pub(crate) async fn client_with(
+        &self,
+        name: &str,
+        configure: impl FnOnce(&mut NetConfig),
+    ) -> anyhow::Result<Client> {
         let session = Rally::connect(&self.url)
             .await?
             .device_login(&format!("bench-{name}-{}", Uuid::new_v4().simple()), name)
@@ -62,14 +72,23 @@ impl Rig {
             .context("device login")?;
         let mut config = NetConfig::default();
         config.transport.bind = "127.0.0.1:0".parse()?;
+        configure(&mut config);
         let net = Net::start(&session, config).await.context("Net::start")?;
         Ok(Client { session, net })
     }
 
     /// Two clients connected to each other.
     pub(crate) async fn pair(&self) -> anyhow::Result<(Client, Client)> {
-        let a = self.client("a").await?;
-        let b = self.client("b").await?;
+        self.pair_with(|_| {}).await
+    }
+
+    /// Two clients connected to each other, both configured by `configure`.
+    pub(crate) async fn pair_with(
+        &self,
+        configure: impl Fn(&mut NetConfig),
+    ) -> anyhow::Result<(Client, Client)> {
+        let a = self.client_with("a", &configure).await?;
+        let b = self.client_with("b", &configure).await?;
         connect(&a.net, &b.net).await?;
         Ok((a, b))
     }
