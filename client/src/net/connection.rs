@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use rally_quic::Connection;
 use tokio::sync::{Notify, mpsc, watch};
 use uuid::Uuid;
@@ -306,30 +306,61 @@ impl SendBuffer {
     }
 }
 
-/// Sends one lane's frames, in order, on whatever connection is live; waits while there is
-/// none. Ends when the peer's slot drops its sender.
+/// Most packets a lane writer frames into one chunk for QUIC.
+const BATCH_PACKETS: usize = 64;
+/// Most payload bytes a lane writer frames into one chunk (a chunk always takes one packet).
+const BATCH_BYTES: usize = 256 << 10;
+
+/// Frames packets already queued (`first` and up to `max_packets` or [`BATCH_BYTES`] in all)
+/// into one chunk: one allocation, and one call and one lock of the connection for the lot.
+/// Returns the chunk and the payload bytes in it.
+fn frame_batch(
+    first: Bytes,
+    queued: &mut mpsc::UnboundedReceiver<Bytes>,
+    max_packets: usize,
+) -> (Bytes, usize) {
+    let mut packets = Vec::with_capacity(max_packets);
+    let mut payload = first.len();
+    packets.push(first);
+    while packets.len() < max_packets && payload < BATCH_BYTES {
+        let Ok(packet) = queued.try_recv() else { break };
+        payload += packet.len();
+        packets.push(packet);
+    }
+    let mut chunk = BytesMut::with_capacity(payload + packets.len() * framing::RELIABLE_HEADER);
+    for packet in &packets {
+        chunk.put_slice(&framing::frame_header(packet.len()));
+        chunk.put_slice(packet);
+    }
+    (chunk.freeze(), payload)
+}
+
+/// Sends one lane's packets, framed and in order, on whatever connection is live; waits while
+/// there is none. Ends when the peer's slot drops its sender. Packets queued meanwhile go to
+/// QUIC together (see [`frame_batch`]).
 pub(crate) async fn lane_writer(
     inner: Arc<Inner>,
     user: Uuid,
     lane: u8,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    mut packets: mpsc::UnboundedReceiver<Bytes>,
     mut live: watch::Receiver<Live>,
     buffered: Arc<SendBuffer>,
     counters: Arc<Counters>,
 ) {
     let lag = inner.config.fake.lag;
     let mut stream: Option<LaneStream> = None;
-    let mut pending: Option<Bytes> = None;
+    // Framed packets not yet accepted by a stream, and their payload bytes.
+    let mut pending: Option<(Bytes, usize)> = None;
     // The number of the lane's next stream, and whether it follows a cleanly finished one.
     let mut index: u32 = 0;
     let mut follows = false;
     loop {
-        let frame = match pending.take() {
-            Some(frame) => frame,
+        let (chunk, payload) = match pending.take() {
+            Some(pending) => pending,
             None => {
                 let next = tokio::select! {
                     () = inner.shutdown.cancelled() => return,
-                    frame = frames.recv() => Some(frame),
+                    packet = packets.recv() => Some(packet),
                     changed = live.changed(), if stream.is_some() => {
                         if changed.is_err() {
                             return;
@@ -338,11 +369,14 @@ pub(crate) async fn lane_writer(
                     }
                 };
                 match next {
-                    Some(Some(frame)) => {
-                        if !lag.is_zero() {
+                    Some(Some(packet)) => {
+                        if lag.is_zero() {
+                            frame_batch(packet, &mut packets, BATCH_PACKETS)
+                        } else {
+                            // Simulated lag delays each packet: one at a time.
                             tokio::time::sleep(lag).await;
+                            frame_batch(packet, &mut packets, 1)
                         }
-                        frame
                     }
                     Some(None) => return,
                     // The connection changed while the lane was idle: leave the old one now,
@@ -387,7 +421,7 @@ pub(crate) async fn lane_writer(
                 }
                 Err(error) => {
                     tracing::debug!(%error, %user, lane, "could not open a lane stream");
-                    pending = Some(frame);
+                    pending = Some((chunk, payload));
                     wait_for_change(&inner, &mut live).await;
                     continue;
                 }
@@ -396,17 +430,16 @@ pub(crate) async fn lane_writer(
         let Some(open) = stream.as_mut() else {
             continue;
         };
-        let len = frame.len().saturating_sub(framing::RELIABLE_HEADER);
-        match open.send.send(frame.clone()).await {
+        match open.send.send(chunk.clone()).await {
             Ok(()) => {
-                buffered.sub(len);
-                super::stats::add(&counters.reliable_bytes_sent, len as u64);
+                buffered.sub(payload);
+                super::stats::add(&counters.reliable_bytes_sent, payload as u64);
             }
             Err(error) => {
                 tracing::debug!(%error, %user, lane, "lane stream failed; resending on the next connection");
                 stream = None;
                 follows = false;
-                pending = Some(frame);
+                pending = Some((chunk, payload));
                 wait_for_change(&inner, &mut live).await;
             }
         }
@@ -417,5 +450,70 @@ async fn wait_for_change(inner: &Inner, live: &mut watch::Receiver<Live>) {
     tokio::select! {
         () = inner.shutdown.cancelled() => {}
         _ = live.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_of(sizes: &[usize]) -> mpsc::UnboundedReceiver<Bytes> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (i, size) in sizes.iter().enumerate() {
+            let byte = u8::try_from(i % 251).unwrap_or(0);
+            tx.send(Bytes::from(vec![byte; *size])).unwrap_or_default();
+        }
+        rx
+    }
+
+    #[test]
+    fn a_batch_frames_the_queued_packets_in_order_and_decodes_back() {
+        let mut queued = queue_of(&[3, 0, 1000]);
+        let first = Bytes::from_static(b"first");
+        let (chunk, payload) = frame_batch(first, &mut queued, BATCH_PACKETS);
+        assert_eq!(payload, 5 + 3 + 1000);
+        let mut decoder = FrameDecoder::default();
+        // A lane stream starts with its header; the frames follow.
+        let header = StreamHeader {
+            lane: 0,
+            index: 0,
+            follows: false,
+        };
+        decoder.push(&header.encode());
+        decoder.push(&chunk);
+        let mut frames = Vec::new();
+        while let Ok(Some(frame)) = decoder.next_frame() {
+            frames.push(frame);
+        }
+        let expected: Vec<Bytes> = [
+            Bytes::from_static(b"first"),
+            Bytes::from(vec![0u8; 3]),
+            Bytes::new(),
+            Bytes::from(vec![2u8; 1000]),
+        ]
+        .into();
+        assert_eq!(frames, expected);
+        assert!(queued.try_recv().is_err(), "everything queued was taken");
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_packet_and_byte_limits() {
+        let mut queued = queue_of(&[10; 10]);
+        let (_, payload) = frame_batch(Bytes::from(vec![1u8; 10]), &mut queued, 4);
+        assert_eq!(payload, 40, "four packets");
+        let mut large = queue_of(&[BATCH_BYTES, 1]);
+        let (_, payload) = frame_batch(Bytes::from(vec![1u8; 1]), &mut large, BATCH_PACKETS);
+        assert_eq!(
+            payload,
+            1 + BATCH_BYTES,
+            "the limit is reached after the large one"
+        );
+        assert!(large.try_recv().is_ok(), "the packet after the limit waits");
+        let (_, payload) =
+            frame_batch(Bytes::from(vec![1u8; BATCH_BYTES]), &mut queue_of(&[1]), 64);
+        assert_eq!(
+            payload, BATCH_BYTES,
+            "a batch takes one packet whatever its size"
+        );
     }
 }

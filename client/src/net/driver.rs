@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use rally_proto::broker::v1::{Candidate, CandidateKind, NatType, RelayGrant, SocketAddress};
 use rally_quic::{Connection, DatagramError};
 use tokio::sync::{mpsc, watch};
@@ -637,9 +637,7 @@ impl Inner {
         if buffered.saturating_add(len) > self.config.send_buffer_bytes {
             return Err(Error::SendBufferFull);
         }
-        let mut frame = BytesMut::with_capacity(framing::RELIABLE_HEADER + len);
-        frame.put_slice(&framing::frame_header(len));
-        frame.put_slice(&data);
+        // The lane's writer frames the packet (with the others queued by then).
         let writer = slot.lanes[usize::from(lane)].get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(connection::lane_writer(
@@ -653,7 +651,7 @@ impl Inner {
             ));
             tx
         });
-        if writer.send(frame.freeze()).is_err() {
+        if writer.send(data).is_err() {
             return Err(Error::Closed);
         }
         slot.buffered.add(len);
