@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .generate_default_stubs(true)
+        // Smaller per-call buffers than tonic's default (see `src/codec.rs`).
+        .codec_path("crate::codec::RallyCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

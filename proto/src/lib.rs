@@ -9,6 +9,8 @@
 //! service can be mounted before every call is written.
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
+pub mod codec;
+
 /// `rally.identity.v1`: accounts, sign-in and tokens.
 pub mod identity {
     /// Version 1 of the identity contract.
