@@ -25,6 +25,10 @@
 //!
 //! The lower-level helpers [`connect`] and [`Bearer`] remain for programs that use the generated
 //! gRPC clients directly.
+//!
+//! Tracing: every call carries the W3C trace context of the current `tracing` span (see
+//! [`trace_context`]), so that with an OpenTelemetry layer in the game's subscriber, `rallyd`'s
+//! spans join the game's traces. Without one, nothing is sent.
 
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
@@ -37,6 +41,7 @@ pub mod error;
 pub mod net;
 pub mod rooms;
 pub mod session;
+pub mod trace_context;
 
 pub use broker::{Announcement, BrokerEvent, BrokerLink};
 pub use error::{Error, Result};
@@ -45,6 +50,7 @@ pub use error::{Error, Result};
 pub use rally_proto as proto;
 pub use rooms::{Matchmaking, Rooms};
 pub use session::{Authorized, Rally, Session};
+pub use trace_context::TraceContext;
 
 /// How long connecting to `rallyd` may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -77,7 +83,8 @@ pub async fn connect(url: &str) -> Result<Channel> {
         .await?)
 }
 
-/// Adds `authorization: Bearer <access token>` with a fixed token to every call.
+/// Adds `authorization: Bearer <access token>` with a fixed token to every call, and the current
+/// span's trace context ([`TraceContext`]).
 ///
 /// A [`Session`]'s [`Authorized`] does the same with a token that refreshes itself; prefer it.
 ///
@@ -123,6 +130,7 @@ impl Interceptor for Bearer {
         request
             .metadata_mut()
             .insert("authorization", self.value.clone());
+        trace_context::inject(request.metadata_mut());
         Ok(request)
     }
 }

@@ -20,9 +20,11 @@ use rally_proto::identity::v1::{
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+use crate::TraceContext;
 use crate::broker::backoff::Backoff;
 use crate::{Error, Result};
 
@@ -132,8 +134,8 @@ impl Rally {
         Session::start(self.channel.clone(), answer.session)
     }
 
-    fn identity(&self) -> IdentityClient<Channel> {
-        IdentityClient::new(self.channel.clone())
+    fn identity(&self) -> IdentityClient<InterceptedService<Channel, TraceContext>> {
+        IdentityClient::with_interceptor(self.channel.clone(), TraceContext)
     }
 }
 
@@ -280,7 +282,8 @@ impl Session {
     }
 }
 
-/// A tonic interceptor that adds `authorization: Bearer <current access token>` to every call.
+/// A tonic interceptor that adds `authorization: Bearer <current access token>` to every call,
+/// and the current span's trace context ([`TraceContext`]).
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -314,6 +317,7 @@ impl Interceptor for Authorized {
         request
             .metadata_mut()
             .insert("authorization", tokens.header.clone());
+        crate::trace_context::inject(request.metadata_mut());
         Ok(request)
     }
 }
@@ -404,7 +408,7 @@ impl Tokens {
 
 /// Refreshes the session's tokens until it ends or `stop` is cancelled.
 async fn keep_fresh(tokens: Arc<TokenState>, channel: Channel, stop: CancellationToken) {
-    let mut identity = IdentityClient::new(channel);
+    let mut identity = IdentityClient::with_interceptor(channel, TraceContext);
     while let Some((at, _)) = tokens.next_refresh() {
         tokio::select! {
             () = stop.cancelled() => return,

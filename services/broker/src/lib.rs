@@ -14,6 +14,7 @@
 //!   detached, and forgets users detached past the grace period: they leave their room (a
 //!   `MemberLeft` event with reason `DISCONNECTED`) and their peers receive PeerClosed.
 //! - Relay grants are signed here with the secret the relay checks (`rally-relay`'s grants).
+//! - [`metrics`]: attachments and signals, as OpenTelemetry instruments.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use uuid::Uuid;
 
 mod janitor;
 mod link;
+pub mod metrics;
 mod router;
 mod session;
 mod signals;
@@ -122,6 +124,7 @@ pub struct Broker {
     bus: Arc<dyn Bus>,
     links: link::Links,
     limiter: DefaultKeyedRateLimiter<Uuid>,
+    metrics: metrics::BrokerMetrics,
     shutdown: CancellationToken,
     /// The janitor task, whose last act after `shutdown` is a store write: see
     /// [`finished`](Broker::finished).
@@ -161,6 +164,7 @@ impl Broker {
             room_hub,
             bus,
             links: link::Links::default(),
+            metrics: metrics::BrokerMetrics::new(),
             shutdown,
             janitor: std::sync::Mutex::new(None),
         });

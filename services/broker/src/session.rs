@@ -11,11 +11,11 @@ use rally_store::broker::NewAttachment;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
 
-use crate::Broker;
 use crate::link::{Ending, Link, Outgoing};
 use crate::router::Kind;
 use crate::signals::{Refusal, superseded};
 use crate::validate::{self, Announcement};
+use crate::{Broker, metrics};
 
 /// Opens an attachment: waits for and checks the Hello, records the attachment (superseding the
 /// user's previous one), answers Welcome, and spawns the task that serves the rest of the stream.
@@ -115,6 +115,7 @@ pub(crate) async fn attach(
         })),
     });
     tracing::debug!(%user, attachment = %attachment_id, "attached");
+    broker.metrics.attached(1);
     let previous_announcement = previous
         .as_ref()
         .and_then(|p| Announcement::decode(&p.announcement).ok());
@@ -202,6 +203,7 @@ async fn serve(
         }
     }
     tracing::debug!(user = %link.user, attachment = %link.attachment_id, "detached");
+    broker.metrics.attached(-1);
     link.finish();
 }
 
@@ -223,13 +225,21 @@ async fn handle(broker: &Arc<Broker>, link: &Arc<Link>, request: AttachRequest) 
             nonce: ping.nonce,
             server_time: Some(timestamp(now())),
         }))),
-        Some(body) => match broker.limiter.check_key(&link.user) {
-            Err(_) => Err(Refusal::new(
-                ErrorCode::RateLimited,
-                "too many signals; slow down",
-            )),
-            Ok(()) => broker.signal(link, id, body).await,
-        },
+        Some(body) => {
+            let kind = metrics::kind(&body);
+            broker.metrics.signal(kind);
+            let answer = match broker.limiter.check_key(&link.user) {
+                Err(_) => Err(Refusal::new(
+                    ErrorCode::RateLimited,
+                    "too many signals; slow down",
+                )),
+                Ok(()) => broker.signal(link, id, body).await,
+            };
+            if let Err(refusal) = &answer {
+                broker.metrics.refused(kind, refusal.code());
+            }
+            answer
+        }
     };
     let body = match answer {
         Ok(Some(body)) => body,

@@ -42,6 +42,11 @@ impl Refusal {
         }
     }
 
+    /// Its error code.
+    pub(crate) fn code(&self) -> ErrorCode {
+        self.code
+    }
+
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
     }

@@ -1,4 +1,5 @@
-//! The `rallyd` binary: parse the configuration, set up logging, run until SIGINT or SIGTERM.
+//! The `rallyd` binary: parse the configuration, set up logging and telemetry, run until SIGINT
+//! or SIGTERM, then export the last spans and metrics.
 
 use std::process::ExitCode;
 
@@ -8,15 +9,27 @@ use rallyd::{Config, RallydError, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init(config.log_format);
-    match run(config).await {
+    let telemetry = match telemetry::init(config.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("rallyd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "rallyd failed");
             eprintln!("rallyd: {error}");
             ExitCode::FAILURE
         }
+    };
+    // Flushing blocks until the exporters are done; their gRPC calls run on the runtime's other
+    // threads.
+    if let Err(error) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        eprintln!("rallyd: flushing telemetry failed: {error}");
     }
+    code
 }
 
 async fn run(config: Config) -> Result<(), RallydError> {

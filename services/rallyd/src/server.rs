@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::rpc_telemetry::RpcTelemetryLayer;
 use crate::{Config, Database, RallydError, ServiceKind};
 
 /// Largest request message the identity service decodes; its biggest field is a 1024-byte password.
@@ -170,6 +171,9 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                 Duration::from_millis(config.matchmaking_tick_ms),
                 shutdown.clone(),
             );
+            if let Some(every) = crate::telemetry::metric_export_interval() {
+                rally_rooms::census::spawn_census(database.rooms(), every, shutdown.clone());
+            }
             rally_rooms::history::spawn_history_janitor(
                 database.tickets(),
                 Duration::from_secs(config.history_retention_secs),
@@ -261,6 +265,13 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        // Outermost, so that calls the authentication layer refuses are measured too.
+        .layer(RpcTelemetryLayer::new(&[
+            rally_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]))
         .layer(AuthLayer::new(verifier, public))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -391,6 +402,7 @@ async fn start_relay(
             what: "starting the relay".into(),
             source,
         })?;
+    crate::relay_metrics::register(&server.stats());
     tracing::info!(addresses = ?server.local_addrs(), "relay listening on udp");
     Ok(server)
 }

@@ -5,7 +5,7 @@
 //! for a binding request that asked for it, another of the relay's sockets.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
@@ -105,9 +105,39 @@ impl RelayServer {
             .unwrap_or_default()
     }
 
+    /// A handle that reads its counters from elsewhere (metrics) without keeping it alive.
+    pub fn stats(&self) -> RelayStats {
+        RelayStats {
+            relay: Arc::downgrade(&self.relay),
+        }
+    }
+
     /// Waits for every loop to end (after shutdown).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Reads a running relay's counters; see [`RelayServer::stats`].
+#[derive(Clone)]
+pub struct RelayStats {
+    relay: Weak<Mutex<Relay>>,
+}
+
+impl std::fmt::Debug for RelayStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayStats")
+            .field("running", &(self.relay.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl RelayStats {
+    /// What the relay has done so far and how many allocations it holds; `None` once it is gone.
+    pub fn read(&self) -> Option<(Counters, usize)> {
+        let relay = self.relay.upgrade()?;
+        let relay = relay.lock().ok()?;
+        Some((relay.counters(), relay.allocation_count()))
     }
 }
 

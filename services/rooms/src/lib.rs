@@ -9,15 +9,20 @@
 //! Matchmaking: tickets are stored by a [`rally_store::TicketStore`]; the [`Matchmaker`] forms
 //! matches in rounds (see [`planner`] and [`pools`]) and announces them on the hubs.
 //!
+//! Metrics ([`metrics`], [`census`]) are OpenTelemetry instruments on the global meter, no-ops
+//! until a program installs a meter provider.
+//!
 //! This crate does not authenticate (the `rally-auth` layer in front does) and knows no database
 //! driver; it must not depend on the broker or the relay.
 
+pub mod census;
 pub mod clock;
 mod convert;
 mod error;
 pub mod history;
 mod hub;
 mod matchmaking;
+pub mod metrics;
 pub mod planner;
 pub mod pools;
 pub mod rules;

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rally_auth::Caller;
@@ -23,6 +24,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::clock::now;
+use crate::metrics::MatchmakingMetrics;
 use crate::pools::Pools;
 use crate::{Hub, RoomsError, convert, planner, rules};
 
@@ -43,6 +45,7 @@ pub struct Matchmaker {
     rooms: Arc<Hub>,
     tickets: Arc<Hub>,
     wake: Notify,
+    metrics: MatchmakingMetrics,
 }
 
 impl std::fmt::Debug for Matchmaker {
@@ -69,6 +72,7 @@ impl Matchmaker {
             rooms,
             tickets,
             wake: Notify::new(),
+            metrics: MatchmakingMetrics::new(),
         });
         let this = matchmaker.clone();
         tokio::spawn(async move {
@@ -103,7 +107,12 @@ impl Matchmaker {
         }
         for pool in self.pools.iter() {
             loop {
-                let planner = |candidates: &[Ticket]| planner::plan(pool, candidates, now);
+                // How many tickets the round saw (a backend need not plan with none).
+                let candidates = AtomicUsize::new(0);
+                let planner = |tickets: &[Ticket]| {
+                    candidates.store(tickets.len(), Ordering::Relaxed);
+                    planner::plan(pool, tickets, now)
+                };
                 let room = MatchRoom {
                     capacity: pool.match_size,
                 };
@@ -119,6 +128,13 @@ impl Matchmaker {
                     }
                 };
                 for formed_match in &formed {
+                    self.metrics.matched(
+                        &pool.name,
+                        formed_match.tickets.iter().map(|ticket| {
+                            let matched_at = ticket.matched.as_ref().map_or(now, |m| m.matched_at);
+                            matched_at.saturating_sub(ticket.created_at)
+                        }),
+                    );
                     self.rooms.announce_events(&formed_match.room.events).await;
                     for ticket in &formed_match.tickets {
                         self.tickets.announce(ticket.id, 0).await;
@@ -128,6 +144,9 @@ impl Matchmaker {
                 // A full round may leave more to match among tickets it could not see.
                 let seen = formed.iter().map(|m| m.tickets.len()).sum::<usize>();
                 if formed.is_empty() || seen < ROUND_LIMIT as usize {
+                    let waiting = candidates.into_inner().saturating_sub(seen);
+                    self.metrics
+                        .queue(&pool.name, u64::try_from(waiting).unwrap_or(u64::MAX));
                     break;
                 }
             }

@@ -16,8 +16,8 @@ mod reads;
 
 use async_trait::async_trait;
 use rally_store::rooms::{
-    DataUpdate, EventsAfter, LeaveReason, NewRoom, Room, RoomChange, RoomError, RoomQuery,
-    RoomStore,
+    DataUpdate, EventsAfter, LeaveReason, NewRoom, Room, RoomCensus, RoomChange, RoomError,
+    RoomQuery, RoomStore,
 };
 use rally_store::{StoreError, UnixMillis};
 use uuid::Uuid;
@@ -137,6 +137,13 @@ impl RoomStore for PostgresStore {
         let found = reads::events_after_in(&mut tx, &id_text(room_id), after, limit).await?;
         tx.commit().await.map_err(map_error)?;
         Ok(found)
+    }
+
+    async fn census(&self) -> Result<RoomCensus, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let census = reads::census(&mut tx).await?;
+        tx.commit().await.map_err(map_error)?;
+        Ok(census)
     }
 
     fn retained_events(&self) -> u64 {

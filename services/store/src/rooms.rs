@@ -263,6 +263,15 @@ pub struct RoomCursor {
     pub id: Uuid,
 }
 
+/// How many rooms are open and how many users are in them, at one moment (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomCensus {
+    /// Open rooms, public and private.
+    pub open_rooms: u64,
+    /// Users in an open room (each is in at most one).
+    pub members: u64,
+}
+
 /// Storage for rooms. Every method is one transaction.
 #[async_trait]
 pub trait RoomStore: Send + Sync + 'static {
@@ -326,6 +335,9 @@ pub trait RoomStore: Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> Result<Option<EventsAfter>, StoreError>;
+
+    /// How many rooms are open and how many members they have, read in one snapshot.
+    async fn census(&self) -> Result<RoomCensus, StoreError>;
 
     /// How many of its latest events each room keeps.
     fn retained_events(&self) -> u64;

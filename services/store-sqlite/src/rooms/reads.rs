@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use rally_store::StoreError;
-use rally_store::rooms::{EventsAfter, Member, Room, RoomEvent, RoomQuery};
+use rally_store::rooms::{EventsAfter, Member, Room, RoomCensus, RoomEvent, RoomQuery};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::codec::{self, PUBLIC};
@@ -104,6 +104,21 @@ pub(super) async fn current_room_id(
         .fetch_optional(conn)
         .await
         .map_err(map_error)
+}
+
+/// How many rooms are open and how many members they have.
+pub(super) async fn census(conn: &mut SqliteConnection) -> Result<RoomCensus, StoreError> {
+    let (open_rooms, members) = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT (SELECT count(*) FROM rooms WHERE closed_at IS NULL), \
+                (SELECT count(*) FROM room_members)",
+    )
+    .fetch_one(conn)
+    .await
+    .map_err(map_error)?;
+    Ok(RoomCensus {
+        open_rooms: u64::try_from(open_rooms).unwrap_or_default(),
+        members: u64::try_from(members).unwrap_or_default(),
+    })
 }
 
 /// One room, whole.

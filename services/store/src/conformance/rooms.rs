@@ -84,6 +84,7 @@ macro_rules! room_conformance_tests {
             list_rooms_shows_only_open_public_rooms_newest_first,
             list_rooms_filters_by_data_and_free_seats,
             list_rooms_pages_through_every_room_once_in_order,
+            the_census_counts_open_rooms_and_their_members,
             concurrent_joins_never_overfill_a_room,
             concurrent_joins_of_one_user_into_two_rooms_leave_it_in_exactly_one,
             concurrent_departures_close_the_room_exactly_once,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 use super::{UsersAndRooms, at, create, join, leave, read, room_spec, state, user, users};
-use crate::rooms::{JoinPolicy, NewRoom, Room, RoomCursor, RoomQuery, Visibility};
+use crate::rooms::{JoinPolicy, NewRoom, Room, RoomCensus, RoomCursor, RoomQuery, Visibility};
 
 /// Key/value pairs of a filter.
 type Pairs = &'static [(&'static str, &'static str)];
@@ -227,4 +227,43 @@ pub async fn list_rooms_pages_through_every_room_once_in_order(store: &dyn Users
         "a room was listed twice: {seen:?}"
     );
     assert_eq!(seen, expected, "pages must list every room once, in order");
+}
+
+/// The census counts open rooms, public and private, and the users in them; closed rooms and
+/// the users who left count no more.
+pub async fn the_census_counts_open_rooms_and_their_members(store: &dyn UsersAndRooms) {
+    assert_eq!(
+        read("census", store.census().await),
+        RoomCensus::default(),
+        "an empty store"
+    );
+    let public = room_at(store, |spec| spec, at(1)).await;
+    let private = room_at(
+        store,
+        |spec| NewRoom {
+            visibility: Visibility::Private,
+            ..spec
+        },
+        at(2),
+    )
+    .await;
+    let guest = user(store, "Guest").await;
+    join(store, public.id, guest, at(3)).await;
+    assert_eq!(
+        read("census", store.census().await),
+        RoomCensus {
+            open_rooms: 2,
+            members: 3
+        },
+        "two open rooms, one of them private, with three members"
+    );
+    leave(store, private.id, private.owner, at(4)).await;
+    assert_eq!(
+        read("census", store.census().await),
+        RoomCensus {
+            open_rooms: 1,
+            members: 2
+        },
+        "the private room closed when its only member left"
+    );
 }
