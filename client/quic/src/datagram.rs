@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::error::DatagramError;
 use crate::recv_queue::{RecvCounters, RecvQueue};
-use crate::send_queue::{Outgoing, PushError, SendCounters, SendQueue};
+use crate::send_queue::{Outgoing, PushError, STUCK_BOUND, SendCounters, SendQueue};
 
 /// Bytes of a packet that are not datagram payload, at worst: IPv6 and UDP headers (48), a
 /// short header with a 20-byte connection id and a 4-byte packet number (25), the AEAD tag
@@ -112,7 +112,13 @@ impl DatagramChannel {
             if lock(&self.send).has_room() {
                 return;
             }
-            room.await;
+            // A head that fits no packet (the path's MTU fell) is given up on only when the
+            // connection looks at the queue again after STUCK_BOUND; a push wakes it, but a
+            // waiting sender pushes nothing, and nothing else may wake an idle connection for
+            // seconds. So while waiting, wake it at least that often.
+            if tokio::time::timeout(STUCK_BOUND, room).await.is_err() {
+                self.connection.wake_by_ref();
+            }
         }
     }
 
