@@ -35,6 +35,50 @@ pub enum KeyError {
     /// The system random generator failed.
     #[error("could not generate a key: {0}")]
     Generate(String),
+    /// A secret file other users could read or change: it is refused, as ssh refuses such keys.
+    #[error(
+        "secret file {path} is open to other users (mode {mode:04o}): run `chmod 600 {path}` \
+         (group read, 0640, is allowed: that is how Kubernetes gives a Secret to a non-root pod)"
+    )]
+    TooOpen {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// Refuses a secret file (a private key, a grant secret) that users other than its owner and
+/// group may read or change, or that its group may change. Group read is allowed: Kubernetes
+/// gives a Secret to a non-root pod as a file of group `fsGroup`, mode 0440. A missing file
+/// passes (the caller decides whether to generate it).
+#[cfg(unix)]
+pub fn check_private_file(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o027 != 0 {
+        return Err(KeyError::TooOpen {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a secret file others may read; nothing to check where there are no Unix modes.
+#[cfg(not(unix))]
+pub fn check_private_file(_path: &Path) -> Result<(), KeyError> {
+    Ok(())
 }
 
 /// An Ed25519 private key with its key id.
@@ -97,6 +141,14 @@ impl SigningKey {
         pem::encode(&pem::Pem::new("PRIVATE KEY", self.pkcs8.clone()))
     }
 
+    /// The public half as a PEM `PUBLIC KEY` (Ed25519 `SubjectPublicKeyInfo`): what replicas
+    /// that only verify tokens need (`--token-verify-keys`).
+    pub fn public_pem(&self) -> String {
+        let mut der = ED25519_SPKI_PREFIX.to_vec();
+        der.extend_from_slice(&self.public);
+        pem::encode(&pem::Pem::new("PUBLIC KEY", der))
+    }
+
     /// Parses a PEM `PRIVATE KEY` (PKCS#8 Ed25519) document.
     pub fn from_pem(text: &str) -> Result<Self, String> {
         let doc = pem::parse(text).map_err(|e| e.to_string())?;
@@ -113,6 +165,7 @@ impl SigningKey {
             path: path.display().to_string(),
             source,
         };
+        check_private_file(path)?;
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_pem(&text)
                 .map(|key| (key, false))
@@ -192,9 +245,12 @@ impl KeyRing {
         })?;
         let doc = pem::parse(&text).map_err(|e| malformed(e.to_string()))?;
         let public = match doc.tag() {
-            "PRIVATE KEY" => SigningKey::from_pkcs8(doc.contents())
-                .map_err(|e| malformed(e.to_owned()))?
-                .public_key(),
+            "PRIVATE KEY" => {
+                check_private_file(path)?;
+                SigningKey::from_pkcs8(doc.contents())
+                    .map_err(|e| malformed(e.to_owned()))?
+                    .public_key()
+            }
             "PUBLIC KEY" => {
                 let der = doc.contents();
                 match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
@@ -256,19 +312,61 @@ mod tests {
     fn a_garbage_key_file_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("key.pem");
-        std::fs::write(&path, "not a key").expect("write");
+        write_private(&path, b"not a key").expect("write");
         let err = SigningKey::load_or_generate(&path).expect_err("must fail");
         assert!(matches!(err, KeyError::Malformed { .. }), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_key_open_to_other_users_is_refused_and_group_read_is_allowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.pem");
+        let key = SigningKey::generate().expect("generate");
+        write_private(&path, key.to_pem().as_bytes()).expect("write");
+        let chmod = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        for (mode, allowed) in [
+            (0o600, true),
+            (0o640, true),
+            (0o400, true),
+            (0o644, false),
+            (0o620, false),
+            (0o604, false),
+        ] {
+            chmod(mode);
+            let loaded = SigningKey::load_or_generate(&path);
+            let mut ring = KeyRing::default();
+            let in_ring = ring.insert_pem_file(&path);
+            match allowed {
+                true => {
+                    assert!(loaded.is_ok(), "mode {mode:o}");
+                    assert!(in_ring.is_ok(), "mode {mode:o}");
+                }
+                false => {
+                    let err = loaded.expect_err("too open").to_string();
+                    assert!(
+                        err.contains(&format!("mode {mode:04o}")) && err.contains("chmod 600"),
+                        "{err}"
+                    );
+                    assert!(
+                        matches!(in_ring, Err(KeyError::TooOpen { .. })),
+                        "mode {mode:o}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
     fn ring_accepts_public_key_pem_files() {
         let key = SigningKey::generate().expect("generate");
-        let mut der = ED25519_SPKI_PREFIX.to_vec();
-        der.extend_from_slice(&key.public_key());
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pub.pem");
-        std::fs::write(&path, pem::encode(&pem::Pem::new("PUBLIC KEY", der))).expect("write");
+        // A public key may be readable by anyone.
+        std::fs::write(&path, key.public_pem()).expect("write");
         let mut ring = KeyRing::default();
         assert_eq!(ring.insert_pem_file(&path).expect("insert"), key.kid());
         assert_eq!(ring.get(key.kid()), Some(&key.public_key()));

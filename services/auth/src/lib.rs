@@ -14,7 +14,7 @@ mod layer;
 mod token;
 
 pub use caller::Caller;
-pub use keys::{KeyError, KeyRing, SigningKey, write_private};
+pub use keys::{KeyError, KeyRing, SigningKey, check_private_file, write_private};
 pub use layer::{AuthLayer, AuthService, PublicMethods};
 pub use token::{AccessToken, Claims, TokenError, TokenIssuer, TokenVerifier};
 
