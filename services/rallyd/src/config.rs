@@ -56,6 +56,28 @@ pub struct Config {
     #[arg(long, env = "RALLY_LISTEN", default_value = "127.0.0.1:7370")]
     pub listen: SocketAddr,
 
+    /// PEM certificate chain (leaf first) for gRPC over TLS 1.3. With it and `--tls-key-file`,
+    /// every gRPC connection is TLS; the files are reloaded when they change or on SIGHUP (new
+    /// connections get the new certificate, open ones keep going).
+    #[arg(long, env = "RALLY_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the TLS certificate (readable by its owner, or its group, only).
+    #[arg(long, env = "RALLY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// A second address serving only gRPC health checking (`grpc.health.v1.Health`), always in
+    /// plaintext (health carries nothing secret): for Kubernetes' gRPC probes, which cannot
+    /// speak TLS.
+    #[arg(long, env = "RALLY_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Serve plaintext gRPC on a non-loopback `--listen` address. Without TLS, the certificate
+    /// fingerprints peers pin travel in clear, so anyone on the path can sit between two
+    /// players: only for a private network or behind a proxy that terminates TLS.
+    #[arg(long, env = "RALLY_ALLOW_PLAINTEXT", default_value_t = false)]
+    pub allow_plaintext: bool,
+
     /// UDP addresses of the relay and reflector, comma-separated (at most 16). The first carries
     /// relay allocations. With several, a binding request may ask to be answered from another IP
     /// or another port (so that clients can classify their NAT, RFC 5780-style): give two IPs,
@@ -92,8 +114,9 @@ pub struct Config {
     )]
     pub services: Vec<ServiceKind>,
 
-    /// PEM file of the Ed25519 key that signs access tokens. Default: `<data-dir>/token-signing-key.pem`,
-    /// generated when the identity service runs and the file does not exist.
+    /// PEM file of the Ed25519 private key that signs access tokens; only the identity service
+    /// needs it. Default: `<data-dir>/token-signing-key.pem`, generated when the identity service
+    /// runs and the file does not exist.
     #[arg(long, env = "RALLY_TOKEN_KEY_FILE")]
     pub token_key_file: Option<PathBuf>,
 
@@ -147,8 +170,10 @@ pub struct Config {
     #[arg(long, env = "RALLY_BROKER_SIGNAL_BURST", default_value_t = 60)]
     pub broker_signal_burst: u32,
 
-    /// More PEM files (private or public Ed25519 keys) whose tokens are still accepted, for key
-    /// rotation; comma-separated.
+    /// PEM files of Ed25519 public keys (or private ones) whose tokens are accepted,
+    /// comma-separated: replicas without the identity service take the identity key's public
+    /// half here (`openssl pkey -in token-signing-key.pem -pubout`); add the previous key's to
+    /// rotate keys.
     #[arg(long, env = "RALLY_TOKEN_VERIFY_KEYS", value_delimiter = ',')]
     pub token_verify_keys: Vec<PathBuf>,
 
@@ -252,6 +277,13 @@ impl Config {
             ));
         }
         self.validate_relay_listen()?;
+        if self.tls().is_none() && !self.listen.ip().is_loopback() && !self.allow_plaintext {
+            return Err(RallydError::Config(format!(
+                "--listen {} is not a loopback address and no --tls-cert-file/--tls-key-file is \
+                 set: rallyd serves plaintext only on loopback unless --allow-plaintext says so",
+                self.listen
+            )));
+        }
         if let Some(url) = &self.database_url
             && !(is_postgres_url(url) || url.starts_with("sqlite:"))
         {
@@ -283,6 +315,17 @@ impl Config {
         Ok(())
     }
 
+    /// The TLS certificate and key files, when both are set.
+    pub fn tls(&self) -> Option<crate::TlsFiles> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether `kind` runs in this process.
     pub fn runs(&self, kind: ServiceKind) -> bool {
         self.services.contains(&kind)
@@ -312,8 +355,31 @@ pub(crate) fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// The URL with any password replaced by `***`.
+/// The URL with any password replaced by `***`: the one in the authority (`user:password@`) and
+/// any query parameter named `password` or ending in it (`?password=`, `&sslpassword=`).
 pub(crate) fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = redact_authority(base);
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().ends_with("password") => {
+                    format!("{key}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_authority(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -334,6 +400,10 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .field("health_listen", &self.health_listen)
             .field("relay_listen", &self.relay_listen)
             .field("data_dir", &self.data_dir)
             .field(
@@ -442,6 +512,36 @@ mod tests {
     }
 
     #[test]
+    fn plaintext_on_a_non_loopback_address_needs_allow_plaintext() {
+        let mut public = parse(&["--listen", "0.0.0.0:7370"]);
+        let err = public
+            .validate()
+            .expect_err("plaintext outside loopback")
+            .to_string();
+        assert!(err.contains("--allow-plaintext"), "{err}");
+        parse(&["--listen", "0.0.0.0:7370", "--allow-plaintext"])
+            .validate()
+            .expect("allowed explicitly");
+        parse(&["--listen", "[::1]:7370"])
+            .validate()
+            .expect("IPv6 loopback is loopback");
+        parse(&[
+            "--listen",
+            "0.0.0.0:7370",
+            "--tls-cert-file",
+            "tls.crt",
+            "--tls-key-file",
+            "tls.key",
+        ])
+        .validate()
+        .expect("TLS anywhere");
+        assert!(
+            Config::try_parse_from(["rallyd", "--tls-cert-file", "tls.crt"]).is_err(),
+            "a certificate needs its key"
+        );
+    }
+
+    #[test]
     fn unknown_database_schemes_are_refused_with_the_password_hidden() {
         let mut config = parse(&["--database-url", "mysql://root:hunter2@db/rally"]);
         let err = config.validate().expect_err("invalid").to_string();
@@ -468,5 +568,19 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite:./a.db"), "sqlite:./a.db");
         assert_eq!(redact_url("postgres://u:p@h"), "postgres://u:***@h");
+    }
+
+    #[test]
+    fn redaction_hides_passwords_in_the_query_string_too() {
+        assert_eq!(
+            redact_url("postgres://db/rally?user=rally&password=hunter2&sslmode=require"),
+            "postgres://db/rally?user=rally&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@db/rally?sslpassword=x&PASSWORD=y"),
+            "postgres://u:***@db/rally?sslpassword=***&PASSWORD=***"
+        );
+        let config = parse(&["--database-url", "postgresql://db/rally?password=s3cret"]);
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 }

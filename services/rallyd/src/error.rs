@@ -24,6 +24,9 @@ pub enum RallydError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Server(String),

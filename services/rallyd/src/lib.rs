@@ -14,13 +14,16 @@
 mod config;
 mod database;
 mod error;
+mod listener;
 mod relay_metrics;
 mod relay_secret;
 pub mod rpc_telemetry;
 mod server;
 pub mod telemetry;
+mod tls;
 
 pub use config::{Config, LogFormat, ServiceKind};
 pub use database::Database;
 pub use error::RallydError;
 pub use server::{Running, start};
+pub use tls::{TlsFiles, TlsReloader};

@@ -1,5 +1,5 @@
 //! The `rallyd` binary: parse the configuration, set up logging and telemetry, run until SIGINT
-//! or SIGTERM, then export the last spans and metrics.
+//! or SIGTERM (SIGHUP rereads the TLS certificate), then export the last spans and metrics.
 
 use std::process::ExitCode;
 
@@ -34,6 +34,10 @@ async fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<(), RallydError> {
     let running = rallyd::start(config).await?;
+    #[cfg(unix)]
+    if let Some(reloader) = running.tls_reloader() {
+        reload_on_hangup(reloader)?;
+    }
     let shutdown = running.shutdown_token();
     tokio::spawn(async move {
         match shutdown_signal().await {
@@ -43,6 +47,30 @@ async fn run(config: Config) -> Result<(), RallydError> {
         shutdown.cancel();
     });
     running.wait().await
+}
+
+/// Rereads the TLS files on every SIGHUP (they are watched too; this is for file systems where
+/// watching misses the change, and for operators used to it).
+#[cfg(unix)]
+fn reload_on_hangup(reloader: rallyd::TlsReloader) -> Result<(), RallydError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).map_err(|source| RallydError::Io {
+        what: "listening for SIGHUP".into(),
+        source,
+    })?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(true) => {}
+                Ok(false) => tracing::info!("SIGHUP: the TLS files are unchanged"),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "SIGHUP: the TLS files cannot be used; keeping the current certificate"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn shutdown_signal() -> std::io::Result<&'static str> {

@@ -30,6 +30,7 @@ pub(crate) fn load_or_generate(path: &Path) -> Result<GrantKey, RallydError> {
         what: format!("{what} relay secret {}", path.display()),
         source,
     };
+    rally_auth::check_private_file(path)?;
     let secret = match std::fs::read_to_string(path) {
         Ok(text) => hex::decode(text.trim())
             .map_err(|e| RallydError::Config(format!("{} is not hex: {e}", path.display())))?,
@@ -86,9 +87,24 @@ mod tests {
     fn a_short_or_garbled_secret_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("secret");
-        std::fs::write(&path, "zz").expect("write");
-        assert!(load_or_generate(&path).is_err());
-        std::fs::write(&path, "0011").expect("write");
-        assert!(load_or_generate(&path).is_err());
+        write_private(&path, b"zz").expect("write");
+        let err = load_or_generate(&path).expect_err("not hex").to_string();
+        assert!(err.contains("is not hex"), "{err}");
+        std::fs::remove_file(&path).expect("remove");
+        write_private(&path, b"0011").expect("write");
+        let err = load_or_generate(&path).expect_err("short").to_string();
+        assert!(err.contains("needs at least 16"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_readable_by_other_users_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        load_or_generate(&path).expect("generate");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = load_or_generate(&path).expect_err("too open").to_string();
+        assert!(err.contains("open to other users (mode 0644)"), "{err}");
     }
 }

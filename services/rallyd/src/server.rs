@@ -9,11 +9,11 @@ use rally_identity::{IdentityConfig, IdentityService, ThrottleConfig};
 use rally_relay::server::RelayServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::rpc_telemetry::RpcTelemetryLayer;
+use crate::tls::CertStore;
 use crate::{Config, Database, RallydError, ServiceKind};
 
 /// Largest request message the identity service decodes; its biggest field is a 1024-byte password.
@@ -24,8 +24,10 @@ const MAX_CALLS_PER_CONNECTION: usize = 256;
 /// A running `rallyd`.
 pub struct Running {
     grpc_addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
+    tls: Option<Arc<CertStore>>,
     relay: Option<RelayServer>,
-    database: Database,
+    database: Option<Database>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), RallydError>>,
 }
@@ -34,6 +36,37 @@ impl Running {
     /// The address the gRPC server listens on (the real port when configured with port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The plaintext health-only address (`--health-listen`), when configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
+    }
+
+    /// Whether gRPC is served over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key files again (what `rallyd` does on SIGHUP and when the
+    /// files change): new connections get the new certificate, open ones keep theirs. Returns
+    /// whether the certificate changed; without TLS, `false`.
+    pub fn reload_tls(&self) -> Result<bool, RallydError> {
+        match &self.tls {
+            Some(store) => store.reload(),
+            None => Ok(false),
+        }
+    }
+
+    /// A handle that rereads the TLS files (what `rallyd` does on SIGHUP), usable after this
+    /// value moved into [`Running::wait`]; `None` without TLS.
+    pub fn tls_reloader(&self) -> Option<crate::TlsReloader> {
+        self.tls.clone().map(crate::TlsReloader)
+    }
+
+    /// The SHA-256 of the TLS certificate new connections get, in hex; `None` without TLS.
+    pub fn tls_fingerprint(&self) -> Option<String> {
+        self.tls.as_ref().map(|store| store.fingerprint())
     }
 
     /// The first UDP address of the relay and reflector (the one that carries allocations),
@@ -56,9 +89,10 @@ impl Running {
         self.relay.as_ref().map(RelayServer::counters)
     }
 
-    /// The database it runs on.
-    pub fn database(&self) -> &Database {
-        &self.database
+    /// The database it runs on; `None` for a process that runs only the relay (it keeps no
+    /// state and gets no database URL).
+    pub fn database(&self) -> Option<&Database> {
+        self.database.as_ref()
     }
 
     /// Cancelling this token starts a graceful shutdown.
@@ -95,18 +129,34 @@ impl Running {
 pub async fn start(mut config: Config) -> Result<Running, RallydError> {
     config.validate()?;
     tracing::info!(?config, "starting rallyd");
-    if config.database_url.is_none() || config.token_key_file.is_none() {
+    // Identity, rooms and the broker keep state; a relay-only process opens no database.
+    let needs_store = [
+        ServiceKind::Identity,
+        ServiceKind::Rooms,
+        ServiceKind::Broker,
+    ]
+    .into_iter()
+    .any(|kind| config.runs(kind));
+    if (needs_store && config.database_url.is_none())
+        || (config.runs(ServiceKind::Identity) && config.token_key_file.is_none())
+    {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| RallydError::Io {
             what: format!("creating data directory {}", config.data_dir.display()),
             source,
         })?;
     }
 
-    let database = Database::open(&config).await?;
-    tracing::info!(
-        backend = database.backend(),
-        "database ready (migrations applied)"
-    );
+    let database = match needs_store {
+        true => {
+            let database = Database::open(&config).await?;
+            tracing::info!(
+                backend = database.backend(),
+                "database ready (migrations applied)"
+            );
+            Some(database)
+        }
+        false => None,
+    };
 
     let (key, ring) = load_keys(&config)?;
     let verifier = Arc::new(TokenVerifier::new(ring));
@@ -120,8 +170,11 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
             for method in rally_identity::PUBLIC_METHODS {
                 public = public.method(method);
             }
+            let key = key.as_ref().ok_or_else(|| {
+                RallydError::Config("identity runs without its signing key".into())
+            })?;
             let issuer = Arc::new(TokenIssuer::new(
-                &key,
+                key,
                 Duration::from_secs(config.access_token_ttl_secs),
             ));
             let identity_config = IdentityConfig {
@@ -133,7 +186,8 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                 },
                 ..IdentityConfig::default()
             };
-            let service = IdentityService::new(database.identity(), issuer, identity_config)?;
+            let service =
+                IdentityService::new(store(&database)?.identity(), issuer, identity_config)?;
             Some(
                 service
                     .into_server()
@@ -145,8 +199,12 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
     let shutdown = CancellationToken::new();
     let room_hub = match config.runs(ServiceKind::Rooms) || config.runs(ServiceKind::Broker) {
         true => Some(
-            rally_rooms::Hub::start(database.bus(), rally_rooms::ROOMS_TOPIC, shutdown.clone())
-                .await?,
+            rally_rooms::Hub::start(
+                store(&database)?.bus(),
+                rally_rooms::ROOMS_TOPIC,
+                shutdown.clone(),
+            )
+            .await?,
         ),
         false => None,
     };
@@ -158,13 +216,13 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         (true, Some(room_hub)) => {
             let pools = Arc::new(load_pools(&config)?);
             let ticket_hub = rally_rooms::Hub::start(
-                database.bus(),
+                store(&database)?.bus(),
                 rally_rooms::TICKETS_TOPIC,
                 shutdown.clone(),
             )
             .await?;
             let matchmaker = rally_rooms::Matchmaker::spawn(
-                database.tickets(),
+                store(&database)?.tickets(),
                 pools.clone(),
                 room_hub.clone(),
                 ticket_hub.clone(),
@@ -172,18 +230,25 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                 shutdown.clone(),
             );
             if let Some(every) = crate::telemetry::metric_export_interval() {
-                rally_rooms::census::spawn_census(database.rooms(), every, shutdown.clone());
+                rally_rooms::census::spawn_census(
+                    store(&database)?.rooms(),
+                    every,
+                    shutdown.clone(),
+                );
             }
             rally_rooms::history::spawn_history_janitor(
-                database.tickets(),
+                store(&database)?.tickets(),
                 Duration::from_secs(config.history_retention_secs),
                 Duration::from_secs(config.history_purge_every_secs),
                 shutdown.clone(),
             );
-            let rooms =
-                rally_rooms::RoomsService::new(database.rooms(), room_hub, shutdown.clone());
+            let rooms = rally_rooms::RoomsService::new(
+                store(&database)?.rooms(),
+                room_hub,
+                shutdown.clone(),
+            );
             let matchmaking = rally_rooms::MatchmakingService::new(
-                database.tickets(),
+                store(&database)?.tickets(),
                 pools,
                 ticket_hub,
                 matchmaker,
@@ -204,12 +269,12 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                         .unwrap_or_default(),
                 )?,
                 rally_broker::BrokerStores {
-                    broker: database.broker(),
-                    identity: database.identity(),
-                    rooms: database.rooms(),
+                    broker: store(&database)?.broker(),
+                    identity: store(&database)?.identity(),
+                    rooms: store(&database)?.rooms(),
                 },
                 room_hub,
-                database.bus(),
+                store(&database)?.bus(),
                 shutdown.clone(),
             )
             .await?;
@@ -260,8 +325,36 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         source,
     })?;
 
+    let tls = match config.tls() {
+        Some(files) => {
+            let store = CertStore::load(files)?;
+            store.watch(shutdown.clone())?;
+            Some(store)
+        }
+        None => {
+            if !grpc_addr.ip().is_loopback() {
+                tracing::warn!(
+                    %grpc_addr,
+                    "serving plaintext gRPC beyond loopback (--allow-plaintext): passwords, \
+                     tokens and the fingerprints peers pin travel in clear"
+                );
+            }
+            None
+        }
+    };
+    let acceptor = match &tls {
+        Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
+        None => None,
+    };
+    let incoming = crate::listener::incoming(listener, acceptor, shutdown.clone());
+    let health_addr = match config.health_listen {
+        Some(address) => Some(serve_health(address, health_service.clone(), &shutdown).await?),
+        None => None,
+    };
+
+    // `TCP_NODELAY` is set on each accepted socket by `listener` (the builder's setting applies
+    // only to listeners tonic binds itself).
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
@@ -301,8 +394,7 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                     }
                 }
             };
-            let serve =
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            let serve = router.serve_with_incoming_shutdown(incoming, signal);
             tokio::pin!(serve);
             let result = tokio::select! {
                 result = &mut serve => result,
@@ -325,19 +417,79 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                     "the broker's last store write did not finish in time"
                 );
             }
-            database.close().await;
+            if let Some(database) = &database {
+                database.close().await;
+            }
             tracing::info!("rallyd stopped");
             result.map_err(|e| RallydError::Server(e.to_string()))
         })
     };
-    tracing::info!("gRPC listening on {grpc_addr}");
+    match &tls {
+        Some(_) => tracing::info!("gRPC listening on {grpc_addr} (TLS 1.3)"),
+        None => tracing::info!("gRPC listening on {grpc_addr} (plaintext)"),
+    }
     Ok(Running {
         grpc_addr,
+        health_addr,
+        tls,
         relay,
         database,
         shutdown,
         task,
     })
+}
+
+/// Serves only the health service, in plaintext, on `address` until `shutdown`: Kubernetes'
+/// gRPC probes cannot speak TLS. Returns the bound address.
+async fn serve_health<S>(
+    address: SocketAddr,
+    health: S,
+    shutdown: &CancellationToken,
+) -> Result<SocketAddr, RallydError>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| RallydError::Io {
+            what: format!("binding the health address {address}"),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| RallydError::Io {
+        what: "reading the bound health address".into(),
+        source,
+    })?;
+    let incoming = crate::listener::incoming(listener, None, shutdown.clone());
+    let router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(8)
+        .add_service(health);
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(error) = router
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+        {
+            tracing::warn!(%error, "the health listener failed");
+        }
+    });
+    tracing::info!("health checking listening on {bound} (plaintext)");
+    Ok(bound)
+}
+
+/// The database of a process that runs a service keeping state.
+fn store(database: &Option<Database>) -> Result<&Database, RallydError> {
+    database
+        .as_ref()
+        .ok_or_else(|| RallydError::Config("this service needs a database".into()))
 }
 
 /// The broker's settings from the flags; `relay_addrs` are the addresses of this process's relay
@@ -423,37 +575,50 @@ fn load_pools(config: &Config) -> Result<rally_rooms::pools::Pools, RallydError>
     Ok(pools)
 }
 
-/// The signing key, and the ring of keys whose tokens are accepted.
-fn load_keys(config: &Config) -> Result<(SigningKey, KeyRing), RallydError> {
+/// The signing key (only where identity runs: no other replica holds it), and the ring of public
+/// keys whose tokens are accepted.
+fn load_keys(config: &Config) -> Result<(Option<SigningKey>, KeyRing), RallydError> {
     let path = config.token_key_path();
-    let key = if config.runs(ServiceKind::Identity) {
+    let (key, mut ring) = if config.runs(ServiceKind::Identity) {
         let (key, generated) = SigningKey::load_or_generate(&path)?;
         if generated {
             tracing::info!(path = %path.display(), kid = key.kid(), "generated a token-signing key");
         }
-        key
+        let ring = KeyRing::of(&key);
+        (Some(key), ring)
     } else {
-        // Services that only verify must share the identity service's key: never invent one.
-        let text = std::fs::read_to_string(&path).map_err(|source| RallydError::Io {
-            what: format!(
-                "reading the token key {} (services without identity need the identity service's key)",
-                path.display()
-            ),
-            source,
-        })?;
-        SigningKey::from_pem(&text).map_err(|reason| {
-            RallydError::Keys(rally_auth::KeyError::Malformed {
-                path: path.display().to_string(),
-                reason,
-            })
-        })?
+        (None, KeyRing::default())
     };
-    let mut ring = KeyRing::of(&key);
     for extra in &config.token_verify_keys {
         let kid = ring.insert_pem_file(extra)?;
-        tracing::info!(path = %extra.display(), kid, "accepting tokens of an extra key");
+        tracing::info!(path = %extra.display(), kid, "accepting tokens of this key");
     }
-    tracing::info!(path = %path.display(), kid = key.kid(), accepted = ?ring.kids(), "token keys loaded");
+    if key.is_none() {
+        // Services that only verify need public keys: `--token-verify-keys`. A key file named
+        // by `--token-key-file` (or the default one, when no verify key is given) is read for
+        // its public half, as earlier versions did.
+        let named = config.token_key_file.is_some();
+        if named || (config.token_verify_keys.is_empty() && path.is_file()) {
+            let kid = ring.insert_pem_file(&path)?;
+            tracing::info!(
+                path = %path.display(),
+                kid,
+                "accepting tokens of the token key file (a replica without identity needs only \
+                 its public half, --token-verify-keys)"
+            );
+        }
+        let verifies = [ServiceKind::Rooms, ServiceKind::Broker]
+            .into_iter()
+            .any(|kind| config.runs(kind));
+        if ring.kids().is_empty() && verifies {
+            return Err(RallydError::Config(
+                "services without identity need the identity service's public key: \
+                 --token-verify-keys <public PEM> (`openssl pkey -in token-signing-key.pem -pubout`)"
+                    .into(),
+            ));
+        }
+    }
+    tracing::info!(signing = ?key.as_ref().map(SigningKey::kid), accepted = ?ring.kids(), "token keys loaded");
     Ok((key, ring))
 }
 
