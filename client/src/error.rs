@@ -38,6 +38,11 @@ pub enum Error {
     /// refused, the call did not get through. Worth retrying later.
     #[error("cannot reach rallyd: {0}")]
     Unreachable(String),
+    /// The TLS handshake with `rallyd` failed: its certificate was refused (unknown issuer,
+    /// expired, issued for another name, not the pinned one) or it does not speak TLS. Not
+    /// worth retrying until the configuration or the server's certificate changes.
+    #[error("TLS with rallyd failed: {0}")]
+    Tls(String),
     /// `rallyd` refused a call with a gRPC status (see the `.proto` files for what each RPC
     /// answers).
     #[error("rallyd refused the call ({code:?}): {message}")]
@@ -130,6 +135,11 @@ impl From<tonic::transport::Error> for Error {
         let mut text = error.to_string();
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
+            if let Some(crate::tls::ConnectFailure::Tls(tls)) =
+                cause.downcast_ref::<crate::tls::ConnectFailure>()
+            {
+                return Self::Tls(tls.to_string());
+            }
             text.push_str(": ");
             text.push_str(&cause.to_string());
             source = cause.source();

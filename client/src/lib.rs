@@ -41,6 +41,7 @@ pub mod error;
 pub mod net;
 pub mod rooms;
 pub mod session;
+pub mod tls;
 pub mod trace_context;
 
 pub use broker::{Announcement, BrokerEvent, BrokerLink};
@@ -50,6 +51,7 @@ pub use error::{Error, Result};
 pub use rally_proto as proto;
 pub use rooms::{Matchmaking, Rooms};
 pub use session::{Authorized, Rally, Session};
+pub use tls::{RallyConfig, ServerTrust};
 pub use trace_context::TraceContext;
 
 /// How long connecting to `rallyd` may take.
@@ -58,7 +60,9 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Connects to a `rallyd` at `url` (`http://host:port`).
+/// Connects to a `rallyd` at `url`: `https://host:port` (TLS 1.3, a certificate from a public CA)
+/// or, on loopback or a private network, `http://host:port`. See [`connect_with`] for a
+/// self-hosted CA or a pinned certificate.
 ///
 /// The channel reconnects by itself when the connection drops.
 ///
@@ -69,17 +73,42 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// # drop(channel); Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| Error::InvalidUrl {
+    connect_with(url, &RallyConfig::default()).await
+}
+
+/// Connects to a `rallyd` at `url` as `config` says: which certificates an `https://` server
+/// may present ([`ServerTrust`]) and how long connecting may take.
+///
+/// Errors: [`Error::InvalidUrl`] for a URL that is not `http://` or `https://` (or is `http://`
+/// with a CA or a pin: these need TLS), [`Error::Tls`] when the server's certificate is refused,
+/// [`Error::Unreachable`] when nothing answers.
+pub async fn connect_with(url: &str, config: &RallyConfig) -> Result<Channel> {
+    let invalid = |reason: String| Error::InvalidUrl {
         url: url.to_owned(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(e.to_string()))?;
+    let tls = match endpoint.uri().scheme_str() {
+        Some("https") => Some(tls::client_config(&config.trust)?),
+        Some("http") if config.trust != ServerTrust::PublicRoots => {
+            return Err(invalid(
+                "a CA or a pinned certificate is for TLS: use an https:// URL".into(),
+            ));
+        }
+        Some("http") => None,
+        _ => {
+            return Err(invalid(
+                "the URL must start with http:// or https://".into(),
+            ));
+        }
+    };
     Ok(endpoint
-        .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(config.connect_timeout)
         // A connection that died silently fails its open streams (watches) instead of hanging.
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .connect()
+        // TCP (with TCP_NODELAY) and TLS are the connector's.
+        .connect_with_connector(tls::Connector::new(tls))
         .await?)
 }
 

@@ -63,10 +63,27 @@ pub struct Rally {
 }
 
 impl Rally {
-    /// Connects to the `rallyd` at `url` (`http://host:port`).
+    /// Connects to the `rallyd` at `url`: `https://host:port` with a certificate from a public
+    /// CA, or `http://host:port` on loopback. See [`Rally::connect_with`].
     pub async fn connect(url: &str) -> Result<Rally> {
         Ok(Rally {
             channel: crate::connect(url).await?,
+        })
+    }
+
+    /// Connects to the `rallyd` at `url` with `config`: a self-hosted CA or a pinned server
+    /// certificate for `https://` ([`crate::ServerTrust`]).
+    ///
+    /// ```no_run
+    /// # async fn f() -> rally_client::Result<()> {
+    /// use rally_client::{Rally, RallyConfig, ServerTrust};
+    /// let config = RallyConfig::with_trust(ServerTrust::ca_file("studio-ca.pem")?);
+    /// let rally = Rally::connect_with("https://rally.example.com:7370", &config).await?;
+    /// # drop(rally); Ok(()) }
+    /// ```
+    pub async fn connect_with(url: &str, config: &crate::RallyConfig) -> Result<Rally> {
+        Ok(Rally {
+            channel: crate::connect_with(url, config).await?,
         })
     }
 

@@ -25,6 +25,17 @@ command -v "$python" >/dev/null 2>&1 || die "$python is required (CPython 3.10 o
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
   die "$python is $("$python" -V 2>&1); the client needs 3.10 or newer"
 
+# The TLS half of the suite makes its CA and certificate with the openssl CLI.
+if ! command -v openssl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing openssl"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    die "the openssl command is required (on Debian: apt-get install openssl)"
+  fi
+fi
+
 # --- the virtual environment, keyed on the requirements and the interpreter ---------------------
 key=$({ sha256sum <"$requirements"; "$python" -c 'import sys; print(sys.version)'; } |
   sha256sum | cut -d' ' -f1)

@@ -192,8 +192,9 @@ class Rallyd:
     LISTENING = re.compile(r"gRPC listening on (127\.0\.0\.1:\d+)")
     RELAY = re.compile(r"relay listening on udp.*?addresses=\[(127\.0\.0\.1:\d+)\]")
 
-    def __init__(self, binary):
+    def __init__(self, binary, tls=False):
         self.binary = binary
+        self.tls = tls
         self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="rally-py-test-"))
         self.log_path = self.workdir / "rallyd.log"
         self.process = None
@@ -217,6 +218,9 @@ class Rallyd:
             "--shutdown-grace-secs", "3",
             "--log-format", "text",
         ]
+        if self.tls:
+            self.pki = TestPki(self.workdir / "pki")
+            command += ["--tls-cert-file", str(self.pki.cert), "--tls-key-file", str(self.pki.key)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RALLY_")}
         env["RALLY_LOG"] = "info"
         env["NO_COLOR"] = "1"
@@ -245,9 +249,18 @@ class Rallyd:
                 self.relay_address = match.group(1)
             if match := self.LISTENING.search(line):
                 self.address = match.group(1)
-        self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self.channel = self.open_channel()
         self._wait_until_serving()
         return self
+
+    def open_channel(self, ca_pem=None):
+        """A channel to rallyd: TLS trusting `ca_pem` (default: the test CA) when it serves TLS."""
+        if not self.tls:
+            return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem if ca_pem is not None else self.pki.ca_pem()
+        )
+        return grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
 
     def _read_log(self):
         with open(self.log_path, "w", encoding="utf-8") as log:
@@ -318,6 +331,51 @@ class Rallyd:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class TestPki:
+    """A CA and a server certificate for localhost and 127.0.0.1, made with the openssl CLI."""
+
+    def __init__(self, folder, ca_name="Rally Python test CA"):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.ca_cert = folder / "ca.pem"
+        self.cert = folder / "tls.crt"
+        self.key = folder / "tls.key"
+        ca_key = folder / "ca.key"
+        csr = folder / "tls.csr"
+        extensions = folder / "server.ext"
+        extensions.write_text(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+            "extendedKeyUsage=serverAuth\n"
+            "basicConstraints=critical,CA:FALSE\n"
+        )
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        openssl(
+            "req", "-x509", *ec, "-keyout", ca_key, "-out", self.ca_cert, "-days", "2",
+            "-subj", f"/CN={ca_name}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )
+        openssl("req", *ec, "-keyout", self.key, "-out", csr, "-subj", "/CN=localhost")
+        openssl(
+            "x509", "-req", "-in", csr, "-CA", self.ca_cert, "-CAkey", ca_key,
+            "-CAcreateserial", "-out", self.cert, "-days", "2", "-extfile", extensions,
+        )
+        # rallyd refuses a key other users may read.
+        os.chmod(self.key, 0o600)
+
+    def ca_pem(self):
+        return self.ca_cert.read_bytes()
+
+
+def openssl(*args):
+    """Runs the openssl CLI; fails the test with its output when it fails."""
+    run = subprocess.run(
+        ["openssl", *map(str, args)], capture_output=True, text=True, timeout=CALL_SECONDS
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {run.stderr.strip()}")
+
+
 def rallyd_binary():
     explicit = os.environ.get("RALLYD_BIN")
     if explicit:
@@ -366,9 +424,10 @@ class Rally:
         return self.session(name).user.user_id
 
 
-def start_rally():
-    """Starts rallyd and signs in the two users every scenario uses (alice and bob)."""
-    server = Rallyd(rallyd_binary())
+def start_rally(tls=False):
+    """Starts rallyd (over TLS when `tls`) and signs in the two users every scenario uses (alice
+    and bob)."""
+    server = Rallyd(rallyd_binary(), tls=tls)
     try:
         server.start()
         rally = Rally(server)
@@ -407,10 +466,11 @@ except ImportError:  # plain `python test_rally.py` needs no pytest
 
 if pytest is not None:
 
-    @pytest.fixture(scope="module")
+    @pytest.fixture(scope="module", params=["plaintext", "tls"])
     def rally(request):
-        """One rallyd and two signed-in users for every test of this file."""
-        started = start_rally()
+        """One rallyd and two signed-in users for every test of this file: every test runs once
+        against a plaintext rallyd on loopback and once over TLS with a CA made for the run."""
+        started = start_rally(tls=request.param == "tls")
         yield started
         # Past pytest's output capture, so that the log is seen when a test failed.
         capture = request.config.pluginmanager.get_plugin("capturemanager")
@@ -845,6 +905,26 @@ def test_broker_attach_welcomes_and_answers_ping(rally):
         call.cancel()
 
 
+def test_tls_refuses_a_server_certificate_from_another_ca(rally):
+    if not rally.server.tls:
+        if pytest is not None:
+            pytest.skip("the plaintext server has no certificate to refuse")
+        return
+    stranger = TestPki(rally.server.workdir / "stranger", ca_name="Someone else's CA")
+    channel = rally.server.open_channel(ca_pem=stranger.ca_pem())
+    try:
+        expect_code(
+            grpc.StatusCode.UNAVAILABLE,
+            health_pb2_grpc.HealthStub(channel).Check,
+            health_pb2.HealthCheckRequest(service=""),
+            timeout=CALL_SECONDS,
+        )
+    finally:
+        channel.close()
+    # The same call with the right CA goes through.
+    rally.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_SECONDS)
+
+
 TESTS = [
     test_health_reports_serving_for_every_service,
     test_reflection_lists_every_service_with_the_generated_methods,
@@ -854,26 +934,28 @@ TESTS = [
     test_two_players_are_matched_in_the_default_pool,
     test_refresh_rotates_tokens_and_reuse_revokes_the_session,
     test_broker_attach_welcomes_and_answers_ping,
+    test_tls_refuses_a_server_certificate_from_another_ca,
 ]
 
 
 def main():
-    """Runs every test in order against one rallyd, without pytest."""
-    rally = start_rally()
+    """Runs every test in order against a plaintext rallyd, then a TLS one, without pytest."""
     passed = failed = 0
-    try:
-        for test in TESTS:
-            try:
-                test(rally)
-            except Exception:  # noqa: BLE001 (report every failure, then fail the run)
-                failed += 1
-                print(f"FAILED {test.__name__}", file=sys.stderr)
-                traceback.print_exc()
-            else:
-                passed += 1
-                print(f"passed {test.__name__}")
-    finally:
-        stop_rally(rally, failed > 0)
+    for tls in (False, True):
+        rally = start_rally(tls=tls)
+        try:
+            for test in TESTS:
+                try:
+                    test(rally)
+                except Exception:  # noqa: BLE001 (report every failure, then fail the run)
+                    failed += 1
+                    print(f"FAILED {test.__name__} (tls={tls})", file=sys.stderr)
+                    traceback.print_exc()
+                else:
+                    passed += 1
+                    print(f"passed {test.__name__} (tls={tls})")
+        finally:
+            stop_rally(rally, failed > 0)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

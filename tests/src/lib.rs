@@ -6,6 +6,7 @@
 //! with a message elsewhere (see `rally_store_postgres::testing::TempDatabase`).
 
 pub mod lab;
+pub mod pki;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,24 @@ impl TestServer {
     /// What its relay has done so far, when the relay runs.
     pub fn relay_counters(&self) -> Option<rally_relay::allocations::Counters> {
         self.running.as_ref().and_then(Running::relay_counters)
+    }
+
+    /// The plaintext health-only address (`--health-listen`), when configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::health_addr)
+    }
+
+    /// The SHA-256 of the TLS certificate new connections get, in hex; `None` without TLS.
+    pub fn tls_fingerprint(&self) -> Option<String> {
+        self.running.as_ref().and_then(Running::tls_fingerprint)
+    }
+
+    /// Reads the TLS files again, as on SIGHUP; whether the certificate changed.
+    pub fn reload_tls(&self) -> bool {
+        self.running
+            .as_ref()
+            .map(|running| running.reload_tls().expect("the TLS files reload"))
+            .unwrap_or(false)
     }
 
     /// The server's data directory.

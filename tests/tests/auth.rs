@@ -348,7 +348,52 @@ async fn a_verify_only_replica_without_the_key_refuses_to_start() {
     ])
     .expect("parse");
     let error = rallyd::start(config).await.err().expect("must not start");
-    assert!(error.to_string().contains("token key"), "{error}");
+    assert!(error.to_string().contains("--token-verify-keys"), "{error}");
+}
+
+#[tokio::test]
+async fn a_verify_only_replica_needs_only_the_public_key() {
+    let server = sqlite().await;
+    let session = device_session(&server, "device-public-key-0001").await;
+    let key = std::fs::read_to_string(server.key_file()).expect("the signing key");
+    let key = rally_auth::SigningKey::from_pem(&key).expect("a key");
+
+    // Another data directory with no private key in it: only the public half, readable by all.
+    let data = tempfile::tempdir().expect("tempdir");
+    let public = data.path().join("token-verify-key.pem");
+    std::fs::write(&public, key.public_pem()).expect("write the public key");
+    let dir = data.path().join("data").display().to_string();
+    let public_flag = public.display().to_string();
+    let config = <rallyd::Config as clap::Parser>::try_parse_from([
+        "rallyd",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir,
+        "--services",
+        "rooms",
+        "--token-verify-keys",
+        &public_flag,
+    ])
+    .expect("parse");
+    let rooms_only = rallyd::start(config)
+        .await
+        .expect("starts with the public key");
+    let channel = rally_client::connect(&format!("http://{}", rooms_only.grpc_addr()))
+        .await
+        .expect("connect");
+    RoomsClient::with_interceptor(channel, Bearer::new(&session.access_token).expect("ascii"))
+        .list_rooms(ListRoomsRequest::default())
+        .await
+        .expect("a token of the identity replica is accepted");
+    assert!(
+        !data.path().join("data/token-signing-key.pem").exists(),
+        "a replica without identity never makes a signing key"
+    );
+    rooms_only.stop().await.expect("stops");
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -60,6 +60,34 @@ fn players_behind_the_same_nat_connect_directly() {
     reliable_packets_arrive(&mut ada, &mut bob, 1000, 200);
 }
 
+#[test]
+fn players_behind_nats_connect_with_the_control_plane_over_tls() {
+    use rally_e2e::pki::{TestCa, TlsFolder, Validity};
+    let lab = rally_e2e::lab_or_skip!("tls");
+    let ca = TestCa::new("Lab CA");
+    let [server_ip, _, _] = lab.server_ips();
+    let folder = TlsFolder::new(lab.dir());
+    folder.install(&ca.issue(&[&server_ip.to_string()], Validity::Current));
+    let ca_file = lab.dir().join("lab-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write the CA");
+    let tls_flags = folder.flags();
+    let tls_flags: Vec<&str> = tls_flags.iter().map(String::as_str).collect();
+    let server = ServerNode::start_default_tls(&lab, node(), &tls_flags);
+    assert!(server.url().starts_with("https://"), "{}", server.url());
+
+    let ca_flag = ca_file.display().to_string();
+    let ada_host = lab.add_router(NatKind::FullCone).add_host();
+    let bob_host = lab.add_router(NatKind::PortRestricted).add_host();
+    let flags = ["--ca-file", ca_flag.as_str()];
+    let mut ada = PeerNode::start_with(&ada_host, node(), &server.url(), "ada", &flags);
+    let mut bob = PeerNode::start_with(&bob_host, node(), &server.url(), "bob", &flags);
+
+    let (ab, ba) = connect_both(&mut ada, &mut bob);
+    assert_eq!(ab.path, "direct");
+    assert_eq!(ba.path, "direct");
+    reliable_packets_arrive(&mut ada, &mut bob, 500, 200);
+}
+
 /// Which of the unsolicited senders get through to a host that sent one packet to `contacted`:
 /// one on another port of the contacted address, and one on an address never contacted.
 fn admitted(kind: NatKind) -> Vec<&'static str> {

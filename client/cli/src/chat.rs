@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use rally_client::Rally;
 use rally_client::net::{Net, NetConfig, NetEvent, SendPolicy};
 use rally_proto::rooms::v1::CreateRoomRequest;
 use tokio::io::AsyncBufReadExt as _;
@@ -14,9 +13,8 @@ use uuid::Uuid;
 /// `rally chat` options.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ChatArgs {
-    /// The server, `http://host:port`.
-    #[arg(long, default_value = "http://127.0.0.1:7370")]
-    server: String,
+    #[command(flatten)]
+    server: crate::server::ServerArgs,
     /// The local UDP address for peer-to-peer traffic (every interface by default).
     #[arg(long, default_value = "0.0.0.0:0")]
     bind: std::net::SocketAddr,
@@ -29,7 +27,7 @@ pub(crate) struct ChatArgs {
 }
 
 pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
-    let rally = Rally::connect(&args.server).await?;
+    let rally = args.server.connect().await?;
     let session = rally
         .device_login(&format!("rally-chat-device-{}", args.user), &args.user)
         .await

@@ -4,6 +4,7 @@
 //!   matchmake into rooms, connect peer to peer and exchange traffic, with a live view and a
 //!   summary table. Exits 0 only if every bot connected to every room peer and got traffic.
 //! - `rally chat --server URL --user NAME --room ROOM` is a line chat over reliable packets.
+//!   `--ca-file` or `--pin-sha256` say which certificate an `https://` server may present.
 //! - `rally ping --server URL --user NAME PEER` measures the round trip to a peer over QUIC.
 //!
 //! This binary holds presentation only; everything it does goes through `rally-client`.
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod chat;
 mod demo;
 mod ping;
+mod server;
 mod view;
 
 /// Rally: peer-to-peer networking for games.

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use rally_client::Rally;
 use rally_client::net::{ConnectionState, Net, NetConfig, NetEvent};
 use uuid::Uuid;
 
@@ -13,9 +12,8 @@ use crate::view::quantile;
 /// `rally ping` options.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PingArgs {
-    /// The server, `http://host:port`.
-    #[arg(long, default_value = "http://127.0.0.1:7370")]
-    server: String,
+    #[command(flatten)]
+    server: crate::server::ServerArgs,
     /// The local UDP address for peer-to-peer traffic (every interface by default).
     #[arg(long, default_value = "0.0.0.0:0")]
     bind: std::net::SocketAddr,
@@ -30,7 +28,7 @@ pub(crate) struct PingArgs {
 }
 
 pub(crate) async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
-    let rally = Rally::connect(&args.server).await?;
+    let rally = args.server.connect().await?;
     let session = rally
         .device_login(&format!("rally-ping-device-{}", args.user), &args.user)
         .await

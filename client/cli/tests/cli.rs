@@ -136,3 +136,88 @@ async fn ping_reports_round_trips_to_a_peer_that_accepts() {
     accepting.abort();
     running.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_reaches_a_tls_server_with_a_pinned_certificate_and_refuses_another() {
+    use sha2::Digest as _;
+    let data = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let pin = hex::encode(sha2::Sha256::digest(cert.der()));
+    let (cert_file, key_file) = (data.path().join("tls.crt"), data.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .expect("create the key file");
+        std::io::Write::write_all(&mut file, key.serialize_pem().as_bytes())
+            .expect("write the key");
+    }
+    let dir = data.path().join("data").display().to_string();
+    let (cert_flag, key_flag) = (
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let config = <rallyd::Config as clap::Parser>::try_parse_from([
+        "rallyd",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir,
+        "--tls-cert-file",
+        &cert_flag,
+        "--tls-key-file",
+        &key_flag,
+    ])
+    .expect("config");
+    let running = rallyd::start(config).await.expect("rallyd starts");
+    let url = format!("https://localhost:{}", running.grpc_addr().port());
+
+    let mut ada = rally(&[
+        "chat",
+        "--server",
+        &url,
+        "--pin-sha256",
+        &pin,
+        "--bind",
+        LOOPBACK,
+        "--user",
+        "ada",
+        "--room",
+        "new",
+    ]);
+    let mut ada_out = BufReader::new(ada.stdout.take().expect("stdout")).lines();
+    line_with(&mut ada_out, "created room").await;
+    drop(ada.stdin.take());
+    let status = tokio::time::timeout(WAIT, ada.wait())
+        .await
+        .expect("ada exits")
+        .expect("status");
+    assert!(status.success());
+
+    let wrong = "00".repeat(32);
+    let refused = tokio::time::timeout(
+        WAIT,
+        Command::new(env!("CARGO_BIN_EXE_rally"))
+            .args(["chat", "--server", &url, "--pin-sha256", &wrong])
+            .args(["--bind", LOOPBACK, "--user", "eve", "--room", "new"])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("rally exits")
+    .expect("run rally");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("TLS with rallyd failed"), "{stderr}");
+    running.stop().await.expect("stop");
+}

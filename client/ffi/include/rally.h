@@ -345,6 +345,10 @@ rally_Result rally_Init(const char *server_url);
 //   (default 10000);
 // - `"handshake_timeout_ms"`: how long one QUIC handshake may take (default 5000);
 // - `"worker_threads"`: threads of Rally's runtime (default 2);
+// - `"tls_ca_file"`, `"tls_ca_pem"`: for an `"https://"` server, trust the CA certificates in
+//   this PEM file, or this PEM text, instead of the public roots (a self-hosted CA);
+// - `"tls_pin_sha256"`: for an `"https://"` server, trust exactly the certificate with this
+//   SHA-256 (64 hex digits, colons allowed);
 // - `"log"`: Rally's log filter, written to stderr (e.g. `"info"`, `"rally_client=debug"`;
 //   default from the `RALLY_LOG` environment variable, else no logging).
 //

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use futures::FutureExt;
-use rally_client::Session;
 use rally_client::net::{Net, NetConfig, RelayPolicy};
+use rally_client::{ServerTrust, Session};
 
 use crate::args::{self, rally_KeyValuePair};
 use crate::guard::{
@@ -40,6 +40,7 @@ pub(crate) struct Instance {
 /// What the instance's tasks share with the C calls.
 pub(crate) struct Shared {
     pub(crate) url: String,
+    pub(crate) server: rally_client::RallyConfig,
     pub(crate) net_config: NetConfig,
     pub(crate) queue: Queue,
     next_request: AtomicU64,
@@ -170,6 +171,7 @@ impl Instance {
 /// Settings from `rally_InitWithOptions`.
 struct Settings {
     url: String,
+    server: rally_client::RallyConfig,
     net: NetConfig,
     worker_threads: usize,
     log: Option<String>,
@@ -196,6 +198,7 @@ impl Settings {
         }
         let mut settings = Settings {
             url: url.to_owned(),
+            server: rally_client::RallyConfig::default(),
             net: NetConfig::default(),
             worker_threads: 2,
             log: std::env::var("RALLY_LOG").ok(),
@@ -230,6 +233,18 @@ impl Settings {
                 "worker_threads" => {
                     settings.worker_threads = parse_u64(&key, &value, 1..=64)? as usize;
                 }
+                "tls_ca_file" => {
+                    settings.server.trust = ServerTrust::ca_file(&value)
+                        .map_err(|e| Failure::invalid(format!("option tls_ca_file: {e}")))?;
+                }
+                "tls_ca_pem" => {
+                    settings.server.trust = ServerTrust::ca_pem(value.as_bytes())
+                        .map_err(|e| Failure::invalid(format!("option tls_ca_pem: {e}")))?;
+                }
+                "tls_pin_sha256" => {
+                    settings.server.trust = ServerTrust::pinned_sha256_hex(&value)
+                        .map_err(|e| Failure::invalid(format!("option tls_pin_sha256: {e}")))?;
+                }
                 "log" => settings.log = Some(value),
                 _ => return Err(Failure::invalid(format!("unknown option {key:?}"))),
             }
@@ -256,6 +271,7 @@ fn start(settings: Settings) -> Result<Instance, Failure> {
         runtime,
         shared: Arc::new(Shared {
             url: settings.url,
+            server: settings.server,
             net_config: settings.net,
             queue: Queue::default(),
             next_request: AtomicU64::new(1),
@@ -292,6 +308,10 @@ pub unsafe extern "C" fn rally_Init(server_url: *const c_char) -> rally_Result {
 ///   (default 10000);
 /// - `"handshake_timeout_ms"`: how long one QUIC handshake may take (default 5000);
 /// - `"worker_threads"`: threads of Rally's runtime (default 2);
+/// - `"tls_ca_file"`, `"tls_ca_pem"`: for an `"https://"` server, trust the CA certificates in
+///   this PEM file, or this PEM text, instead of the public roots (a self-hosted CA);
+/// - `"tls_pin_sha256"`: for an `"https://"` server, trust exactly the certificate with this
+///   SHA-256 (64 hex digits, colons allowed);
 /// - `"log"`: Rally's log filter, written to stderr (e.g. `"info"`, `"rally_client=debug"`;
 ///   default from the `RALLY_LOG` environment variable, else no logging).
 ///
@@ -375,5 +395,11 @@ mod tests {
         let settings =
             Settings::new("http://127.0.0.1:1", option("connect_timeout_ms", "30000")).expect("ok");
         assert_eq!(settings.net.connect_timeout, Duration::from_secs(30));
+        assert!(Settings::new("https://a:1", option("tls_pin_sha256", "abcd")).is_err());
+        assert!(Settings::new("https://a:1", option("tls_ca_pem", "not PEM")).is_err());
+        assert!(Settings::new("https://a:1", option("tls_ca_file", "/nonexistent")).is_err());
+        let pinned = Settings::new("https://a:1", option("tls_pin_sha256", &"ab".repeat(32)))
+            .expect("a pin");
+        assert_eq!(pinned.server.trust, ServerTrust::PinnedSha256([0xab; 32]));
     }
 }

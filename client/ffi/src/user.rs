@@ -54,7 +54,7 @@ impl Drop for SigningIn {
 
 async fn sign_in(shared: Arc<Shared>, how: SignIn) -> Result<Payload, Failure> {
     let _reset = SigningIn(shared.clone());
-    let rally = Rally::connect(&shared.url).await?;
+    let rally = Rally::connect_with(&shared.url, &shared.server).await?;
     let session = match how {
         SignIn::Device {
             device_id,

@@ -123,6 +123,53 @@ fn the_c_abi_signs_in_meets_in_a_room_and_exchanges_packets() {
     assert_eq!(rally_Shutdown(), RALLY_OK);
     peer_net.shutdown();
     drop(server);
+    tls_options_choose_the_certificate_trusted(&runtime);
+}
+
+/// `tls_ca_pem` reaches a TLS `rallyd` with a self-hosted CA; `tls_pin_sha256` with another
+/// certificate's hash fails the sign-in with a TLS error, and nothing is signed in.
+fn tls_options_choose_the_certificate_trusted(runtime: &tokio::runtime::Runtime) {
+    use rally_e2e::pki::{TestCa, TlsFolder, Validity};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("Studio CA");
+    let folder = TlsFolder::new(dir.path());
+    folder.install(&ca.issue(&["localhost"], Validity::Current));
+    let flags = folder.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = runtime
+        .block_on(TestServer::start_with(Backend::Sqlite, &flags))
+        .expect("SQLite needs no setup");
+    let url = CString::new(format!("https://localhost:{}", server.addr().port())).expect("no NUL");
+    let ca_pem = CString::new(ca.pem()).expect("no NUL");
+    let wrong_pin = CString::new("00".repeat(32)).expect("no NUL");
+    for (key, value, signs_in) in [
+        (c"tls_ca_pem", ca_pem.as_c_str(), true),
+        (c"tls_pin_sha256", wrong_pin.as_c_str(), false),
+    ] {
+        let options = [rally_KeyValuePair {
+            key: key.as_ptr(),
+            value: value.as_ptr(),
+        }];
+        // SAFETY: a C string and an array of one pair of C strings.
+        let init = unsafe { rally_InitWithOptions(url.as_ptr(), options.as_ptr(), options.len()) };
+        assert_eq!(init, RALLY_OK, "{}", last_error());
+        let device = CString::new(format!("ffi-tls-{}", Uuid::new_v4().simple())).expect("no NUL");
+        // SAFETY: C strings.
+        let request = unsafe { rally_User_LoginWithDevice(device.as_ptr(), c"Ada".as_ptr()) };
+        assert_ne!(request, 0, "{}", last_error());
+        let message = pump_until("the TLS sign-in", |m| m.request() == request);
+        match signs_in {
+            true => assert_eq!(message.error(), None, "sign-in over TLS"),
+            false => {
+                let (_, text) = message.error().expect("a refused certificate");
+                assert!(text.contains("TLS with rallyd failed"), "{text}");
+                assert!(rally_ID_IsNil(rally_GetLoggedInUserID()));
+            }
+        }
+        drop(message);
+        assert_eq!(rally_Shutdown(), RALLY_OK);
+    }
+    drop(server);
 }
 
 fn before_init_everything_is_refused() {

@@ -68,6 +68,9 @@ enum Mode {
         /// When connections may go through the relay.
         #[arg(long, value_enum, default_value = "fallback")]
         relay_policy: Relay,
+        /// PEM file of the CA that issued rallyd's certificate (for an `https://` server).
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// Runs a plain UDP socket.
     Udp {
@@ -98,7 +101,8 @@ async fn main() -> ExitCode {
             name,
             bind,
             relay_policy,
-        } => peer(&server, &name, bind, relay_policy.into()).await,
+            ca_file,
+        } => peer(&server, &name, bind, relay_policy.into(), ca_file).await,
         Mode::Udp { bind } => udp(bind).await,
         Mode::Delay(args) => delay(args).await,
         Mode::Hostile(args) => rally_e2e::lab::hostile::run(args, stdin_lines())
@@ -279,8 +283,15 @@ async fn peer(
     name: &str,
     bind: SocketAddr,
     relay_policy: RelayPolicy,
+    ca_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    let rally = rally_client::Rally::connect(server).await?;
+    let config = match ca_file {
+        Some(path) => {
+            rally_client::RallyConfig::with_trust(rally_client::ServerTrust::ca_file(path)?)
+        }
+        None => rally_client::RallyConfig::default(),
+    };
+    let rally = rally_client::Rally::connect_with(server, &config).await?;
     let device = format!("rally-lab-{name}-{}", Uuid::new_v4().simple());
     let session = rally.device_login(&device, name).await?;
     let mut config = NetConfig::default();

@@ -84,6 +84,8 @@ pub struct ServerNode {
     process: NamespacedProcess,
     grpc: SocketAddr,
     relay: Option<SocketAddr>,
+    /// Whether it serves gRPC over TLS.
+    tls: bool,
 }
 
 impl ServerNode {
@@ -117,6 +119,11 @@ impl ServerNode {
             &data_text,
         ];
         args.extend_from_slice(flags);
+        let tls = flags.contains(&"--tls-cert-file");
+        if !tls {
+            // The lab's internet is not loopback: plaintext must be asked for.
+            args.push("--allow-plaintext");
+        }
         let mut process = match ns.spawn("rallyd", bin, &args) {
             Ok(process) => process,
             Err(error) => panic!("cannot start {bin:?} server: {error}"),
@@ -128,9 +135,28 @@ impl ServerNode {
                 process,
                 grpc,
                 relay,
+                tls,
             },
             other => panic!("rallyd started with {other:?}"),
         }
+    }
+
+    /// As [`ServerNode::start_default`], serving gRPC over TLS with the certificate and key in
+    /// `tls_flags` (`--tls-cert-file`, `--tls-key-file`).
+    #[track_caller]
+    pub fn start_default_tls(lab: &Lab, bin: &Path, tls_flags: &[&str]) -> ServerNode {
+        let [first, second, _] = lab.server_ips();
+        let more = format!("{second}:{RELAY_PORT},{first}:{}", RELAY_PORT + 1);
+        let mut flags = vec!["--relay-listen", &more];
+        flags.extend_from_slice(tls_flags);
+        ServerNode::start(
+            lab,
+            lab.internet(),
+            bin,
+            SocketAddr::from((first, GRPC_PORT)),
+            SocketAddr::from((first, RELAY_PORT)),
+            &flags,
+        )
     }
 
     /// rallyd on the lab's internet as most lab tests want it: gRPC on the first server address,
@@ -151,9 +177,12 @@ impl ServerNode {
         )
     }
 
-    /// The URL clients connect to.
+    /// The URL clients connect to (`https://` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        match self.tls {
+            true => format!("https://{}", self.grpc),
+            false => format!("http://{}", self.grpc),
+        }
     }
 
     /// The gRPC address.
