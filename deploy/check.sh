@@ -95,21 +95,21 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 failed=()
 render_and_check() {
-  local dir=$1 secrets=$2 name
+  local dir=$1 secrets=$2 tls=$3 name
   name=$(basename "$dir")
-  step "kubectl kustomize k8s/$dir, then check_manifests.py --secrets $secrets"
+  step "kubectl kustomize k8s/$dir, then check_manifests.py --secrets $secrets --tls $tls"
   if ! "$KUBECTL" kustomize "k8s/$dir" >"$out/$name.yaml"; then
     echo "deploy/check.sh: k8s/$dir does not render" >&2
     failed+=("$dir")
     return
   fi
   echo "rendered $(grep -c '^kind:' "$out/$name.yaml") objects"
-  "$VENV/bin/python" check_manifests.py --label "$dir" --secrets "$secrets" "$out/$name.yaml" ||
-    failed+=("$dir")
+  "$VENV/bin/python" check_manifests.py --label "$dir" --secrets "$secrets" --tls "$tls" \
+    "$out/$name.yaml" || failed+=("$dir")
 }
-render_and_check base external
-render_and_check overlays/prod external
-render_and_check overlays/dev dev
+render_and_check base external from-overlay
+render_and_check overlays/prod external required
+render_and_check overlays/dev dev as-configured
 
 if [ "${#failed[@]}" -gt 0 ]; then
   die "failed: ${failed[*]}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Validates rendered Rally manifests (the output of `kubectl kustomize`) against what rallyd does.
 
-    check_manifests.py [--label NAME] [--secrets external|dev] FILE...   (FILE may be -)
+    check_manifests.py [--label NAME] [--secrets external|dev]
+                       [--tls required|from-overlay|as-configured] FILE...   (FILE may be -)
     check_manifests.py --self-test
     check_manifests.py --list-rules
 
@@ -9,7 +10,10 @@ Exits 1 with one line per violation, 0 when every rule holds. RALLYD_BIN, when s
 rallyd binary whose `--help` lists the flags and RALLY_* variables the manifests may use; unset,
 that rule is skipped with a message. `--secrets external` (base, prod): no Secret carries data,
 the referenced ones must exist in the cluster. `--secrets dev`: the output is self-contained, so
-every referenced Secret and key is in it, and every Secret is marked dev-only.
+every referenced Secret and key is in it, and every Secret is marked dev-only. `--tls required`
+(prod): identity, rooms and broker serve gRPC over TLS from a mounted Secret; `--tls
+from-overlay` (base): plaintext beyond loopback is the overlays' to allow or replace; by default
+plaintext beyond loopback must be allowed explicitly, as rallyd demands.
 
 The rallyd-* rules, and what they assume of rallyd, are in rallyd_rules.py; the self-test in
 check_manifests_selftest.py.
@@ -49,11 +53,19 @@ RULES = {
     "rallyd-services": "a rallyd container names its services explicitly, with known values",
     "rallyd-ports": "the grpc containerPort is --listen's port (not loopback); each "
     "--relay-listen port is a UDP containerPort (not loopback)",
-    "rallyd-probes": "rallyd's probes are gRPC probes on --listen's port, for a service it serves",
+    "rallyd-probes": "rallyd's probes are gRPC probes on --health-listen's port (else --listen's), "
+    "never on a TLS port, for a service it serves",
+    "rallyd-tls": "TLS certificate and key come together, as files of mounted Secrets; plaintext "
+    "beyond loopback only with --allow-plaintext; with --tls required, identity, rooms and "
+    "broker serve TLS",
+    "rallyd-least-privilege": "the private token-signing key only where identity runs, the relay "
+    "secret only where the broker or the relay runs, the database URL only where a store is "
+    "used",
     "rallyd-shutdown": "terminationGracePeriodSeconds exceeds preStop sleep plus "
     "--shutdown-grace-secs",
-    "rallyd-secrets": "the database URL comes from a Secret; the token key file (and the relay "
-    "secret for broker and relay, and any older keys) are files of mounted Secrets",
+    "rallyd-secrets": "the database URL comes from a Secret; identity's signing key, rooms' and "
+    "the broker's public verify keys, the relay secret for broker and relay, and any older keys "
+    "are files of mounted Secrets",
     "rallyd-relay-address": "a broker without a relay announces a public relay address whose "
     "port is a port or nodePort of a UDP Service in front of a relay's listen port",
     "rallyd-flags": "every flag in args and RALLY_* variable given to rallyd exists in "
@@ -99,9 +111,13 @@ class Checker(RallydRules):
     matches = staticmethod(matches)
     ident = staticmethod(ident)
 
-    def __init__(self, docs, secrets_mode="external", help_=None):
+    def __init__(self, docs, secrets_mode="external", help_=None, tls_mode="as-configured"):
         self.docs = docs
         self.secrets_mode = secrets_mode
+        self.tls_mode = tls_mode
+        self.tls_left_to_overlays = False
+        self.signing_secrets = set()  # Secrets holding the private token-signing key
+        self.relay_secrets = set()  # Secrets holding the relay grant secret
         self.help = help_
         self.violations = []
         self.notes = []
@@ -433,13 +449,15 @@ def main(argv):
         for rule, text in RULES.items():
             print(f"{rule}: {text}")
         return 0
-    label, mode, paths = "manifests", "external", []
+    label, mode, tls_mode, paths = "manifests", "external", "as-configured", []
     while args:
         arg = args.pop(0)
         if arg == "--label" and args:
             label = args.pop(0)
         elif arg == "--secrets" and args and args[0] in ("external", "dev"):
             mode = args.pop(0)
+        elif arg == "--tls" and args and args[0] in ("required", "from-overlay", "as-configured"):
+            tls_mode = args.pop(0)
         elif arg.startswith("--"):
             print(__doc__, file=sys.stderr)
             return 2
@@ -450,8 +468,11 @@ def main(argv):
         return 2
     binary = os.environ.get("RALLYD_BIN")
     help_ = Help.from_binary(binary) if binary else None
-    checker = Checker(load(paths), mode, help_)
+    checker = Checker(load(paths), mode, help_, tls_mode)
     violations = checker.run()
+    if checker.tls_left_to_overlays:
+        checker.notes.append("gRPC beyond loopback without TLS or --allow-plaintext: each "
+                             "overlay chooses one (--tls from-overlay)")
     for note in checker.notes:
         print(f"check_manifests [{label}]: note: {note}")
     if checker.external_secrets:

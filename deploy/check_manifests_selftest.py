@@ -25,7 +25,7 @@ kind: ConfigMap
 metadata: {name: rally-config, labels: {app.kubernetes.io/name: rallyd, app.kubernetes.io/part-of: rally}}
 data:
   RALLY_LISTEN: 0.0.0.0:7370
-  RALLY_TOKEN_KEY_FILE: /etc/rally/token/token-signing-key.pem
+  RALLY_HEALTH_LISTEN: 0.0.0.0:7372
   RALLY_RELAY_SECRET_FILE: /etc/rally/relay/relay-grant-secret
   RALLY_RELAY_PUBLIC_ADDRESSES: 198.18.0.1:7371
   RALLY_SHUTDOWN_GRACE_SECS: "10"
@@ -56,16 +56,22 @@ spec:
           envFrom: [{configMapRef: {name: rally-config}}]
           env:
             - {name: RALLY_DATABASE_URL, valueFrom: {secretKeyRef: {name: rally-database, key: url}}}
-          ports: [{name: grpc, containerPort: 7370, protocol: TCP}]
-          readinessProbe: {grpc: {port: 7370, service: rally.identity.v1.Identity}}
-          livenessProbe: {grpc: {port: 7370}}
+            - {name: RALLY_TOKEN_KEY_FILE, value: /etc/rally/token/token-signing-key.pem}
+            - {name: RALLY_TLS_CERT_FILE, value: /etc/rally/tls/tls.crt}
+            - {name: RALLY_TLS_KEY_FILE, value: /etc/rally/tls/tls.key}
+          ports: [{name: grpc, containerPort: 7370, protocol: TCP},
+                  {name: health, containerPort: 7372, protocol: TCP}]
+          readinessProbe: {grpc: {port: 7372, service: rally.identity.v1.Identity}}
+          livenessProbe: {grpc: {port: 7372}}
           lifecycle: {preStop: {sleep: {seconds: 5}}}
           resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: "1", memory: 128Mi}}
           securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true,
                             capabilities: {drop: [ALL]}}
-          volumeMounts: [{name: token-key, mountPath: /etc/rally/token, readOnly: true}]
+          volumeMounts: [{name: token-key, mountPath: /etc/rally/token, readOnly: true},
+                         {name: tls, mountPath: /etc/rally/tls, readOnly: true}]
       volumes:
         - {name: token-key, secret: {secretName: rally-token-key}}
+        - {name: tls, secret: {secretName: rally-tls}}
 ---
 apiVersion: v1
 kind: Service
@@ -106,13 +112,20 @@ spec:
       containers:
         - <<: *rallyd
           args: ["--services=broker"]
-          readinessProbe: {grpc: {port: 7370, service: rally.broker.v1.Broker}}
+          env:
+            - {name: RALLY_DATABASE_URL, valueFrom: {secretKeyRef: {name: rally-database, key: url}}}
+            - {name: RALLY_TOKEN_VERIFY_KEYS, value: /etc/rally/token-verify/token-verify-key.pem}
+            - {name: RALLY_TLS_CERT_FILE, value: /etc/rally/tls/tls.crt}
+            - {name: RALLY_TLS_KEY_FILE, value: /etc/rally/tls/tls.key}
+          readinessProbe: {grpc: {port: 7372, service: rally.broker.v1.Broker}}
           volumeMounts:
-            - {name: token-key, mountPath: /etc/rally/token}
+            - {name: token-verify-key, mountPath: /etc/rally/token-verify}
             - {name: relay-secret, mountPath: /etc/rally/relay}
+            - {name: tls, mountPath: /etc/rally/tls}
       volumes:
-        - {name: token-key, secret: {secretName: rally-token-key}}
+        - {name: token-verify-key, secret: {secretName: rally-token-verify-key}}
         - {name: relay-secret, secret: {secretName: rally-relay-secret}}
+        - {name: tls, secret: {secretName: rally-tls}}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -133,16 +146,15 @@ spec:
           env:
             - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
             - {name: RALLY_RELAY_LISTEN, value: "$(POD_IP):7371"}
-            - {name: RALLY_DATABASE_URL, valueFrom: {secretKeyRef: {name: rally-database, key: url}}}
+            - {name: RALLY_ALLOW_PLAINTEXT, value: "true"}
           ports:
             - {name: grpc, containerPort: 7370, protocol: TCP}
+            - {name: health, containerPort: 7372, protocol: TCP}
             - {name: relay, containerPort: 7371, protocol: UDP}
-          readinessProbe: {grpc: {port: 7370}}
+          readinessProbe: {grpc: {port: 7372}}
           volumeMounts:
-            - {name: token-key, mountPath: /etc/rally/token}
             - {name: relay-secret, mountPath: /etc/rally/relay}
       volumes:
-        - {name: token-key, secret: {secretName: rally-token-key}}
         - {name: relay-secret, secret: {secretName: rally-relay-secret}}
 ---
 apiVersion: v1
@@ -208,6 +220,16 @@ apiVersion: v1
 kind: Secret
 metadata: {name: rally-relay-secret, labels: *dev}
 data: {relay-grant-secret: MDA=}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: rally-token-verify-key, labels: *dev}
+data: {token-verify-key.pem: LS0t}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: rally-tls, labels: *dev}
+data: {tls.crt: LS0t, tls.key: LS0t}
 """
 
 # An excerpt of `rallyd --help` in clap's format.
@@ -239,6 +261,21 @@ Options:
 
       --token-key-file <TOKEN_KEY_FILE>
           [env: RALLY_TOKEN_KEY_FILE=]
+
+      --token-verify-keys <TOKEN_VERIFY_KEYS>
+          [env: RALLY_TOKEN_VERIFY_KEYS=]
+
+      --tls-cert-file <TLS_CERT_FILE>
+          [env: RALLY_TLS_CERT_FILE=]
+
+      --tls-key-file <TLS_KEY_FILE>
+          [env: RALLY_TLS_KEY_FILE=]
+
+      --health-listen <HEALTH_LISTEN>
+          [env: RALLY_HEALTH_LISTEN=]
+
+      --allow-plaintext
+          [env: RALLY_ALLOW_PLAINTEXT=]
 
       --relay-secret-file <RELAY_SECRET_FILE>
           [env: RALLY_RELAY_SECRET_FILE=]
@@ -285,6 +322,42 @@ def drop(docs, kind, name):
 def set_env(docs, deployment, name, **value):
     entries = container(docs, deployment).setdefault("env", [])
     entries[:] = [e for e in entries if e["name"] != name] + [dict(name=name, **value)]
+
+
+def unset_env(docs, deployment, name):
+    entries = container(docs, deployment).setdefault("env", [])
+    entries[:] = [e for e in entries if e["name"] != name]
+
+
+def probes_on_the_tls_port(docs):
+    """No health listener: every probe on --listen's port, which is TLS for identity."""
+    config(docs).pop("RALLY_HEALTH_LISTEN")
+    for name in ("rally-identity", "rally-broker", "rally-relay"):
+        box = container(docs, name)
+        box["ports"] = [p for p in box["ports"] if p["name"] != "health"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            if probe in box:
+                box[probe]["grpc"]["port"] = 7370
+
+
+def plaintext_broker(docs):
+    for name in ("RALLY_TLS_CERT_FILE", "RALLY_TLS_KEY_FILE"):
+        unset_env(docs, "rally-broker", name)
+    set_env(docs, "rally-broker", "RALLY_ALLOW_PLAINTEXT", value="true")
+
+
+def signing_key_in_broker(docs):
+    pod(docs, "rally-broker")["volumes"].append(
+        {"name": "token-key", "secret": {"secretName": "rally-token-key"}})
+    container(docs, "rally-broker")["volumeMounts"].append(
+        {"name": "token-key", "mountPath": "/etc/rally/token"})
+
+
+def relay_secret_in_identity(docs):
+    pod(docs, "rally-identity")["volumes"].append(
+        {"name": "relay-secret", "secret": {"secretName": "rally-relay-secret"}})
+    container(docs, "rally-identity")["volumeMounts"].append(
+        {"name": "relay-secret", "mountPath": "/etc/rally/relay"})
 
 
 def block_evictions(docs):
@@ -366,6 +439,8 @@ CASES = [
      "external"),
     ("rallyd-ports", "a grpc containerPort other than --listen's",
      lambda d: container(d, "rally-identity")["ports"][0].update(containerPort=8080), "external"),
+    ("rallyd-ports", "no containerPort for the health listener",
+     lambda d: container(d, "rally-identity")["ports"].pop(), "external"),
     ("rallyd-ports", "gRPC on loopback",
      lambda d: config(d).update(RALLY_LISTEN="127.0.0.1:7370"), "external"),
     ("rallyd-ports", "the relay on loopback",
@@ -377,6 +452,7 @@ CASES = [
     ("rallyd-probes", "a probe for a service the process does not run",
      lambda d: container(d, "rally-identity")["readinessProbe"]["grpc"].update(
          service="rally.broker.v1.Broker"), "external"),
+    ("rallyd-probes", "a gRPC probe on the TLS port", probes_on_the_tls_port, "external"),
     ("rallyd-probes", "an HTTP probe on a gRPC server",
      lambda d: container(d, "rally-identity").update(
          livenessProbe={"httpGet": {"port": 7370, "path": "/"}}), "external"),
@@ -388,7 +464,27 @@ CASES = [
     ("rallyd-secrets", "identity without the token key mounted",
      lambda d: container(d, "rally-identity").pop("volumeMounts"), "external"),
     ("rallyd-secrets", "a broker without the relay secret mounted",
-     lambda d: container(d, "rally-broker")["volumeMounts"].pop(), "external"),
+     lambda d: container(d, "rally-broker")["volumeMounts"].pop(1), "external"),
+    ("rallyd-secrets", "a broker without the public verify key",
+     lambda d: unset_env(d, "rally-broker", "RALLY_TOKEN_VERIFY_KEYS"), "external"),
+    ("rallyd-tls", "a certificate without its key",
+     lambda d: unset_env(d, "rally-identity", "RALLY_TLS_KEY_FILE"), "external"),
+    ("rallyd-tls", "a TLS key that is no file of a mounted Secret",
+     lambda d: container(d, "rally-identity")["volumeMounts"].pop(), "external"),
+    ("rallyd-tls", "plaintext beyond loopback without --allow-plaintext",
+     lambda d: unset_env(d, "rally-relay", "RALLY_ALLOW_PLAINTEXT"), "external"),
+    ("rallyd-tls", "the broker in plaintext where TLS is required", plaintext_broker, "required"),
+    ("rallyd-least-privilege", "the signing key mounted in the broker", signing_key_in_broker,
+     "external"),
+    ("rallyd-least-privilege", "a broker told to read the signing key",
+     lambda d: set_env(d, "rally-broker", "RALLY_TOKEN_KEY_FILE",
+                       value="/etc/rally/relay/relay-grant-secret"), "external"),
+    ("rallyd-least-privilege", "the relay secret mounted in identity", relay_secret_in_identity,
+     "external"),
+    ("rallyd-least-privilege", "the database URL given to the relay",
+     lambda d: set_env(d, "rally-relay", "RALLY_DATABASE_URL",
+                       valueFrom={"secretKeyRef": {"name": "rally-database", "key": "url"}}),
+     "external"),
     ("rallyd-relay-address", "a public relay port no Service exposes",
      lambda d: config(d).update(RALLY_RELAY_PUBLIC_ADDRESSES="198.18.0.1:9999"), "external"),
     ("rallyd-relay-address", "no public relay address",
@@ -400,8 +496,8 @@ CASES = [
 ]
 
 
-def check(docs, mode):
-    return cm.Checker(copy.deepcopy(docs), mode, rallyd_rules.Help(HELP)).run()
+def check(docs, mode, tls_mode="as-configured"):
+    return cm.Checker(copy.deepcopy(docs), mode, rallyd_rules.Help(HELP), tls_mode).run()
 
 
 def run():
@@ -416,8 +512,9 @@ def run():
         failed += 1
     else:
         passed += 1
-    for mode, docs in (("external", good), ("dev", good_dev)):
-        violations = check(docs, mode)
+    for mode, docs, tls_mode in (("external", good, "as-configured"),
+                                 ("external", good, "required"), ("dev", good_dev, "required")):
+        violations = check(docs, mode, tls_mode)
         if violations:
             failed += 1
             print(f"self-test FAIL: the good manifests ({mode}) are refused:")
@@ -425,11 +522,13 @@ def run():
                 print(f"    {line}")
         else:
             passed += 1
-            print(f"self-test ok: the good manifests pass ({mode} secrets)")
+            print(f"self-test ok: the good manifests pass ({mode} secrets, TLS {tls_mode})")
     for rule, what, breaks, mode in CASES:
         docs = copy.deepcopy(good_dev if mode == "dev" else good)
         breaks(docs)
-        caught = [line for r, line in check(docs, mode) if r == rule]
+        secrets, tls_mode = ("external", "required") if mode == "required" else (mode,
+                                                                                 "as-configured")
+        caught = [line for r, line in check(docs, secrets, tls_mode) if r == rule]
         if caught:
             passed += 1
             print(f"self-test ok: {what}: {caught[0]}")

@@ -21,11 +21,18 @@ GRPC_NAMES = {
 }
 DEFAULTS = {
     "RALLY_LISTEN": "127.0.0.1:7370",
+    "RALLY_ALLOW_PLAINTEXT": "false",
     "RALLY_RELAY_LISTEN": "127.0.0.1:7371",
     "RALLY_SHUTDOWN_GRACE_SECS": "10",
 }
 # Read by rallyd but not a flag: the log filter (services/rallyd/src/telemetry.rs).
 NON_FLAG_VARIABLES = {"RALLY_LOG"}
+# Services that keep state (open the database) and that verify access tokens (server.rs).
+STORE_SERVICES = {"identity", "rooms", "broker"}
+VERIFYING_SERVICES = {"rooms", "broker"}
+# Services whose gRPC carries secrets (passwords, tokens, the fingerprints peers pin): TLS where
+# the checker is told it is required (prod). A relay-only process serves health and reflection.
+PUBLIC_GRPC_SERVICES = {"identity", "rooms", "broker"}
 # What $(POD_IP) stands for while checking addresses.
 POD_IP_STANDIN = "10.0.0.1"
 DOCUMENTATION_NETS = [
@@ -182,6 +189,8 @@ class RallydRules:
     def check_rallyd(self):
         maps = self.config_maps()
         relays = []  # (workload, listen ports)
+        # Secret name -> the services of every container mounting it, for least privilege.
+        holders = {}
         brokers = []  # (where, public address text)
         if self.help is None:
             self.notes.append("RALLYD_BIN is unset: flags and RALLY_* variables were not "
@@ -196,7 +205,12 @@ class RallydRules:
                 services = self.check_rallyd_services(where, rallyd)
                 listen_port = self.check_rallyd_ports(where, container, rallyd, services, relays,
                                                       workload)
-                self.check_rallyd_probes(where, container, services, listen_port)
+                health_port = self.check_rallyd_health_port(where, container, rallyd)
+                tls = self.check_rallyd_tls(where, container, spec, rallyd, services)
+                self.check_rallyd_probes(where, container, services, listen_port, health_port,
+                                         tls)
+                self.check_rallyd_least_privilege(where, container, spec, rallyd, services,
+                                                  holders)
                 self.check_rallyd_shutdown(where, spec, container, rallyd)
                 self.check_rallyd_secrets(where, container, spec, rallyd, services)
                 self.check_rallyd_flags(where, rallyd)
@@ -204,6 +218,7 @@ class RallydRules:
                     brokers.append((where, rallyd.text("RALLY_RELAY_PUBLIC_ADDRESSES")))
         for where, public in brokers:
             self.check_relay_address(where, public, relays)
+        self.check_secret_holders(holders)
 
     def check_rallyd_services(self, where, rallyd):
         services = rallyd.services()
@@ -254,7 +269,54 @@ class RallydRules:
             relays.append((workload, listen_ports))
         return port
 
-    def check_rallyd_probes(self, where, container, services, listen_port):
+    def check_rallyd_health_port(self, where, container, rallyd):
+        """The --health-listen port (a TCP containerPort named health), or None without it."""
+        text = rallyd.text("RALLY_HEALTH_LISTEN")
+        if not text:
+            return None
+        address = split_address(text)
+        if address is None:
+            self.fail("rallyd-ports", where, f"--health-listen {text!r} is not an address")
+            return None
+        if is_loopback(address[0]):
+            self.fail("rallyd-ports", where, f"--health-listen {text} is loopback: probes "
+                      "cannot reach it")
+        ports = [p for p in container.get("ports") or [] if p.get("name") == "health"]
+        if len(ports) != 1 or ports[0].get("containerPort") != address[1] \
+                or ports[0].get("protocol", "TCP") != "TCP":
+            self.fail("rallyd-ports", where, f"needs one TCP containerPort named health equal "
+                      f"to --health-listen's port {address[1]} (has {ports})")
+        return address[1]
+
+    def check_rallyd_tls(self, where, container, spec, rallyd, services):
+        """Whether the container serves gRPC over TLS; fails what rallyd would refuse to start
+        with, and plaintext where the checker is told TLS is required."""
+        cert, key = rallyd.text("RALLY_TLS_CERT_FILE"), rallyd.text("RALLY_TLS_KEY_FILE")
+        if bool(cert) != bool(key):
+            self.fail("rallyd-tls", where, "--tls-cert-file and --tls-key-file go together")
+            return False
+        if cert and key:
+            for name, path in (("RALLY_TLS_CERT_FILE", cert), ("RALLY_TLS_KEY_FILE", key)):
+                if self.secret_mount(container, spec, path) is None:
+                    self.fail("rallyd-tls", where, f"{name}={path} is no file of a mounted "
+                              "Secret (cert-manager writes its certificates into one)")
+            return True
+        public = sorted(PUBLIC_GRPC_SERVICES & set(services))
+        if self.tls_mode == "required" and public:
+            self.fail("rallyd-tls", where, f"serves {', '.join(public)} without TLS: set "
+                      "RALLY_TLS_CERT_FILE and RALLY_TLS_KEY_FILE from a mounted Secret")
+        listen = split_address(rallyd.text("RALLY_LISTEN") or "")
+        allowed = (rallyd.text("RALLY_ALLOW_PLAINTEXT") or "").lower() in ("true", "1", "yes")
+        if listen and not is_loopback(listen[0]) and not allowed:
+            if self.tls_mode == "from-overlay":
+                self.tls_left_to_overlays = True
+            else:
+                self.fail("rallyd-tls", where, f"plaintext gRPC on {listen[0]}:{listen[1]} "
+                          "without --allow-plaintext: rallyd refuses to start (give it TLS)")
+        return False
+
+    def check_rallyd_probes(self, where, container, services, listen_port, health_port, tls):
+        probe_port = health_port or listen_port
         allowed = {""} | {name for s in services for name in GRPC_NAMES[s]}
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = container.get(kind)
@@ -264,9 +326,12 @@ class RallydRules:
             if not grpc:
                 self.fail("rallyd-probes", where, f"{kind} is not a gRPC health probe")
                 continue
-            if grpc.get("port") != listen_port:
+            if grpc.get("port") != probe_port:
                 self.fail("rallyd-probes", where, f"{kind} probes port {grpc.get('port')}, but "
-                          f"gRPC listens on {listen_port}")
+                          f"health is served on {probe_port}")
+            elif tls and probe_port == listen_port:
+                self.fail("rallyd-probes", where, f"{kind} probes the TLS port {probe_port}: "
+                          "gRPC probes cannot speak TLS (probe --health-listen's port)")
             if grpc.get("service", "") not in allowed:
                 self.fail("rallyd-probes", where, f"{kind} asks about {grpc.get('service')!r}, "
                           f"which this process does not serve (it reports {sorted(allowed)})")
@@ -310,13 +375,18 @@ class RallydRules:
 
     def check_rallyd_secrets(self, where, container, spec, rallyd, services):
         url = rallyd.get("RALLY_DATABASE_URL")
-        if url is None and not rallyd.secret_env_from:
+        stateful = bool(STORE_SERVICES & set(services))
+        if stateful and url is None and not rallyd.secret_env_from:
             self.fail("rallyd-secrets", where, "no RALLY_DATABASE_URL: rallyd would use SQLite "
                       "inside the pod (one replica, lost with the pod)")
         elif url is not None and url.source != "secret":
             self.fail("rallyd-secrets", where, f"the database URL comes from {url.source}, not "
                       "from a Secret (it carries the password)")
-        files = [("RALLY_TOKEN_KEY_FILE", True)]
+        if VERIFYING_SERVICES & set(services) and "identity" not in services \
+                and not rallyd.text("RALLY_TOKEN_VERIFY_KEYS"):
+            self.fail("rallyd-secrets", where, "no RALLY_TOKEN_VERIFY_KEYS: without identity, "
+                      "rallyd verifies tokens with the signing key's public half given there")
+        files = [("RALLY_TOKEN_KEY_FILE", "identity" in services)]
         files.append(("RALLY_RELAY_SECRET_FILE", "broker" in services or "relay" in services))
         for name, read in files:
             text = rallyd.text(name)
@@ -331,6 +401,44 @@ class RallydRules:
                            ("RALLY_RELAY_VERIFY_SECRET_FILES", "relay" in services)):
             for path in [p for p in (rallyd.text(name) or "").split(",") if p and read]:
                 self.check_secret_file(where, container, spec, name, path)
+
+    def check_rallyd_least_privilege(self, where, container, spec, rallyd, services, holders):
+        """Records which services each Secret is mounted for; fails a container given a secret
+        its services never read (a private key, the database URL)."""
+        volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+        for mount in container.get("volumeMounts") or []:
+            secret = (volumes.get(mount.get("name")) or {}).get("secret") or {}
+            if secret.get("secretName"):
+                holders.setdefault(secret["secretName"], []).append((where, set(services)))
+        if "identity" not in services and rallyd.get("RALLY_TOKEN_KEY_FILE") is not None:
+            self.fail("rallyd-least-privilege", where, "RALLY_TOKEN_KEY_FILE is given to a "
+                      "process without identity: only identity holds the private signing key "
+                      "(others take its public half, RALLY_TOKEN_VERIFY_KEYS)")
+        if not STORE_SERVICES & set(services) and rallyd.get("RALLY_DATABASE_URL") is not None:
+            self.fail("rallyd-least-privilege", where, "the database URL is given to a process "
+                      "that keeps no state (it opens no database)")
+        if "identity" in services:
+            text = rallyd.text("RALLY_TOKEN_KEY_FILE")
+            mount = self.secret_mount(container, spec, text) if text else None
+            if mount and mount[0]:
+                self.signing_secrets.add(mount[0])
+        if {"broker", "relay"} & set(services):
+            text = rallyd.text("RALLY_RELAY_SECRET_FILE")
+            mount = self.secret_mount(container, spec, text) if text else None
+            if mount and mount[0]:
+                self.relay_secrets.add(mount[0])
+
+    def check_secret_holders(self, holders):
+        """The signing key's Secret is mounted only for identity; the relay secret's only for
+        the broker and the relay."""
+        for name, holding in holders.items():
+            for where, services in holding:
+                if name in self.signing_secrets and "identity" not in services:
+                    self.fail("rallyd-least-privilege", where, f"mounts Secret {name}, the "
+                              "private token-signing key, without running identity")
+                if name in self.relay_secrets and not {"broker", "relay"} & services:
+                    self.fail("rallyd-least-privilege", where, f"mounts Secret {name}, the "
+                              "relay grant secret, without running the broker or the relay")
 
     def check_secret_file(self, where, container, spec, variable, path):
         mount = self.secret_mount(container, spec, path)

@@ -122,12 +122,10 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 
 /// How the SDK connects to `rallyd`.
 ///
-/// ```
+/// ```no_run
 /// use rally_client::{RallyConfig, ServerTrust};
-/// let config = RallyConfig {
-///     trust: ServerTrust::pinned_sha256_hex(&"00".repeat(32))?,
-///     ..RallyConfig::default()
-/// };
+/// let mut config = RallyConfig::with_trust(ServerTrust::ca_file("studio-ca.pem")?);
+/// config.connect_timeout = std::time::Duration::from_secs(5);
 /// # let _ = config; Ok::<(), rally_client::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -219,7 +219,7 @@ class Rallyd:
             "--log-format", "text",
         ]
         if self.tls:
-            self.pki = TestPki(self.workdir / "pki")
+            self.pki = ScratchPki(self.workdir / "pki")
             command += ["--tls-cert-file", str(self.pki.cert), "--tls-key-file", str(self.pki.key)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RALLY_")}
         env["RALLY_LOG"] = "info"
@@ -331,7 +331,7 @@ class Rallyd:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-class TestPki:
+class ScratchPki:
     """A CA and a server certificate for localhost and 127.0.0.1, made with the openssl CLI."""
 
     def __init__(self, folder, ca_name="Rally Python test CA"):
@@ -910,7 +910,7 @@ def test_tls_refuses_a_server_certificate_from_another_ca(rally):
         if pytest is not None:
             pytest.skip("the plaintext server has no certificate to refuse")
         return
-    stranger = TestPki(rally.server.workdir / "stranger", ca_name="Someone else's CA")
+    stranger = ScratchPki(rally.server.workdir / "stranger", ca_name="Someone else's CA")
     channel = rally.server.open_channel(ca_pem=stranger.ca_pem())
     try:
         expect_code(

@@ -185,3 +185,33 @@ async fn accept_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_accepted_socket_has_tcp_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let stop = CancellationToken::new();
+        let mut accepted = incoming(listener, None, stop.clone());
+        let client = TcpStream::connect(address).await.expect("connect");
+        let io = tokio::time::timeout(Duration::from_secs(10), accepted.next())
+            .await
+            .expect("accepted in time")
+            .expect("the stream goes on")
+            .expect("no accept error");
+        let ServerIo::Plain(tcp) = io else {
+            panic!("plaintext without a TLS acceptor");
+        };
+        assert!(tcp.nodelay().expect("read TCP_NODELAY"), "Nagle is on");
+        assert_eq!(
+            ServerIo::Plain(tcp).connect_info().remote_addr,
+            Some(client.local_addr().expect("client address"))
+        );
+        stop.cancel();
+    }
+}

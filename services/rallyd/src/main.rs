@@ -33,11 +33,18 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), RallydError> {
+    // Listening for SIGHUP before anything else: a SIGHUP that arrived during start-up would
+    // otherwise end the process.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
+        |source| RallydError::Io {
+            what: "listening for SIGHUP".into(),
+            source,
+        },
+    )?;
     let running = rallyd::start(config).await?;
     #[cfg(unix)]
-    if let Some(reloader) = running.tls_reloader() {
-        reload_on_hangup(reloader)?;
-    }
+    tokio::spawn(reload_on_hangup(hangups, running.tls_reloader()));
     let shutdown = running.shutdown_token();
     tokio::spawn(async move {
         match shutdown_signal().await {
@@ -50,27 +57,26 @@ async fn run(config: Config) -> Result<(), RallydError> {
 }
 
 /// Rereads the TLS files on every SIGHUP (they are watched too; this is for file systems where
-/// watching misses the change, and for operators used to it).
+/// watching misses the change, and for operators used to it). Without TLS, SIGHUP does nothing.
 #[cfg(unix)]
-fn reload_on_hangup(reloader: rallyd::TlsReloader) -> Result<(), RallydError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = signal(SignalKind::hangup()).map_err(|source| RallydError::Io {
-        what: "listening for SIGHUP".into(),
-        source,
-    })?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            match reloader.reload() {
-                Ok(true) => {}
-                Ok(false) => tracing::info!("SIGHUP: the TLS files are unchanged"),
-                Err(error) => tracing::warn!(
-                    %error,
-                    "SIGHUP: the TLS files cannot be used; keeping the current certificate"
-                ),
-            }
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reloader: Option<rallyd::TlsReloader>,
+) {
+    while hangups.recv().await.is_some() {
+        let Some(reloader) = &reloader else {
+            tracing::info!("SIGHUP: no TLS certificate to reread");
+            continue;
+        };
+        match reloader.reload() {
+            Ok(true) => {}
+            Ok(false) => tracing::info!("SIGHUP: the TLS files are unchanged"),
+            Err(error) => tracing::warn!(
+                %error,
+                "SIGHUP: the TLS files cannot be used; keeping the current certificate"
+            ),
         }
-    });
-    Ok(())
+    }
 }
 
 async fn shutdown_signal() -> std::io::Result<&'static str> {

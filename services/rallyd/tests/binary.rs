@@ -22,8 +22,14 @@ impl Rallyd {
     /// Starts the binary in `dir` with no flags; only the ports are made free (`RALLY_LISTEN`,
     /// `RALLY_RELAY_LISTEN`).
     fn start(dir: &std::path::Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// As [`Rallyd::start`], with more environment variables.
+    fn start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rallyd"))
             .current_dir(dir)
+            .envs(env.iter().copied())
             .env("RALLY_LISTEN", "127.0.0.1:0")
             .env("RALLY_RELAY_LISTEN", "127.0.0.1:0")
             .env_remove("RALLY_DATABASE_URL")
@@ -175,5 +181,50 @@ async fn rallyd_with_no_configuration_serves_keeps_its_data_and_stops_on_sigterm
         .expect("the account survived the restart");
     assert_eq!(std::fs::read_to_string(&key_file).expect("key"), key);
     drop(identity);
+    rallyd.terminate();
+}
+
+#[test]
+fn sighup_rereads_the_tls_files_and_keeps_serving() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_file)
+        .expect("create the key file");
+    std::io::Write::write_all(&mut file, key.serialize_pem().as_bytes()).expect("write the key");
+    let (cert_text, key_text) = (
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let mut rallyd = Rallyd::start_with(
+        dir.path(),
+        &[
+            ("RALLY_TLS_CERT_FILE", &cert_text),
+            ("RALLY_TLS_KEY_FILE", &key_text),
+        ],
+    );
+    // Without a handler, SIGHUP would end the process.
+    for _ in 0..2 {
+        let status = Command::new("kill")
+            .args(["-HUP", &rallyd.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill failed");
+        rallyd.wait_for("SIGHUP: the TLS files are unchanged");
+    }
+    assert!(
+        rallyd.child.try_wait().expect("try_wait").is_none(),
+        "rallyd is still running"
+    );
     rallyd.terminate();
 }

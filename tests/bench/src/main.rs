@@ -20,6 +20,7 @@ mod scenarios;
 mod signalling;
 mod store_ops;
 mod udp;
+mod unary;
 mod unreliable;
 
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ enum Scenario {
     Store,
     /// Attached clients per replica.
     Attached,
+    /// One unary call at a time (GetRoom, ~4 KiB), with a bare tonic server.
+    Unary,
 }
 
 /// How long each measurement runs.
@@ -136,6 +139,11 @@ async fn run_all(budget: Budget, only: &[Scenario], report: &mut Report) -> anyh
         attached::run(budget, report)
             .await
             .context("the attached clients scenario failed")?;
+    }
+    if runs(Scenario::Unary) {
+        unary::run(budget, report)
+            .await
+            .context("the unary call scenario failed")?;
     }
     Ok(())
 }

@@ -47,3 +47,9 @@ pub(crate) const FAN_OUT_PEERS: [usize; 4] = [2, 4, 8, 16];
 
 /// Time from asking to connect until both sides are connected, on loopback.
 pub(crate) const CONNECT: &str = "connect on loopback";
+
+/// One unary gRPC call at a time, answered with about [`UNARY_ANSWER_BYTES`].
+pub(crate) const UNARY: &str = "unary GetRoom, ~4 KiB answer";
+
+/// The size of the `GetRoom` answer in [`UNARY`].
+pub(crate) const UNARY_ANSWER_BYTES: usize = 4096;
