@@ -331,19 +331,23 @@ impl Resume for TicketResume {
 struct Following<R: Resume> {
     resume: R,
     stream: Option<Streaming<R::Item>>,
+    /// The session's token generation when the stream opened.
+    opened_with: u64,
     session: Session,
     backoff: Backoff,
     failures: u32,
     done: bool,
 }
 
-/// Whether an interruption is worth resuming from.
+/// Whether an interruption is worth resuming from. `UNAUTHENTICATED` while the session lives
+/// is the stream's access token expiring (the server ends watches then): resume with the fresh
+/// one. Once the session ended, it is [`Error::SessionEnded`] and ends the watch.
 fn interrupted(error: &Error) -> bool {
     matches!(
         error,
         Error::Unreachable(_)
             | Error::Rpc {
-                code: tonic::Code::Unavailable,
+                code: tonic::Code::Unavailable | tonic::Code::Unauthenticated,
                 ..
             }
     )
@@ -357,6 +361,7 @@ fn follow<R: Resume>(
 ) -> Pin<Box<dyn Stream<Item = Result<R::Item>> + Send>> {
     let state = Following {
         resume,
+        opened_with: session.token_generation(),
         stream: Some(first),
         session,
         backoff: Backoff::new(RESUME_FIRST, RESUME_MAX),
@@ -370,9 +375,16 @@ fn follow<R: Resume>(
         loop {
             let Some(stream) = state.stream.as_mut() else {
                 tokio::time::sleep(state.backoff.next_delay()).await;
+                let generation = state.session.token_generation();
                 match state.resume.open().await {
-                    Ok(stream) => state.stream = Some(stream),
+                    Ok(stream) => {
+                        state.stream = Some(stream);
+                        state.opened_with = generation;
+                    }
                     Err(status) => {
+                        if status.code() == tonic::Code::Unauthenticated {
+                            state.session.refresh_now();
+                        }
                         let error = state.session.error(status);
                         state.failures += 1;
                         if !interrupted(&error) || state.failures >= RESUME_ATTEMPTS {
@@ -392,6 +404,13 @@ fn follow<R: Resume>(
                 }
                 Ok(None) => return None,
                 Err(status) => {
+                    if status.code() == tonic::Code::Unauthenticated
+                        && state.session.token_generation() == state.opened_with
+                    {
+                        // Refused with the current token: it expired unrefreshed, or the
+                        // session ended on the server. A refresh tells which.
+                        state.session.refresh_now();
+                    }
                     let error = state.session.error(status);
                     if !interrupted(&error) {
                         state.done = true;

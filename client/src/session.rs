@@ -269,9 +269,9 @@ impl Session {
         self.inner.tokens.read().ended
     }
 
-    /// Ends the session: revokes it on the server (its refresh token stops working; access
-    /// tokens already issued stay valid until they expire), stops the refresh task and forgets
-    /// the tokens. The session is ended locally even when the call fails (its error is
+    /// Ends the session: revokes it on the server (its refresh token stops working, every
+    /// replica refuses its access tokens and ends its streams), stops the refresh task and
+    /// forgets the tokens. The session is ended locally even when the call fails (its error is
     /// returned). Logging out an ended session does nothing.
     pub async fn logout(&self) -> Result<()> {
         if self.is_ended() {
@@ -286,6 +286,24 @@ impl Session {
         self.inner.stop.cancel();
         self.inner.tokens.end();
         answer.map(drop).map_err(|status| self.error(status))
+    }
+
+    /// A receiver that changes whenever a refreshed access token is installed.
+    pub(crate) fn token_updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.tokens.generation.subscribe()
+    }
+
+    /// How many refreshed access tokens were installed so far (compare two readings to tell
+    /// whether a refused call used an older token than the current one).
+    pub(crate) fn token_generation(&self) -> u64 {
+        *self.inner.tokens.generation.borrow()
+    }
+
+    /// Refreshes the tokens now rather than on schedule: a server refused the current access
+    /// token. If the session ended on the server, the refresh is refused and the session ends
+    /// here too ([`Session::is_ended`]).
+    pub(crate) fn refresh_now(&self) {
+        self.inner.tokens.refresh_now.notify_one();
     }
 
     /// The SDK error for a refused call made with this session: `UNAUTHENTICATED` after the
@@ -349,6 +367,10 @@ pub(crate) fn bearer_value(access_token: &str) -> Result<AsciiMetadataValue> {
 /// A session's tokens, shared by the session, its interceptors and its refresh task.
 struct TokenState {
     tokens: RwLock<Tokens>,
+    /// Counts installed tokens: the broker link re-authenticates its attachment on each.
+    generation: tokio::sync::watch::Sender<u64>,
+    /// Wakes the refresh task early (a server refused the current access token).
+    refresh_now: tokio::sync::Notify,
 }
 
 struct Tokens {
@@ -365,6 +387,8 @@ impl TokenState {
         let tokens = Tokens::from_answer(auth)?;
         Ok(Self {
             tokens: RwLock::new(tokens),
+            generation: tokio::sync::watch::Sender::new(0),
+            refresh_now: tokio::sync::Notify::new(),
         })
     }
 
@@ -382,6 +406,8 @@ impl TokenState {
         let mut tokens = self.write();
         if !tokens.ended {
             *tokens = fresh;
+            drop(tokens);
+            self.generation.send_modify(|generation| *generation += 1);
         }
         Ok(())
     }
@@ -430,6 +456,9 @@ async fn keep_fresh(tokens: Arc<TokenState>, channel: Channel, stop: Cancellatio
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(at.into()) => {}
+            () = tokens.refresh_now.notified() => {
+                tracing::debug!("a server refused the access token; refreshing now");
+            }
         }
         let mut backoff = Backoff::new(REFRESH_RETRY_FIRST, REFRESH_RETRY_MAX);
         loop {
@@ -504,11 +533,13 @@ impl RefreshSchedule {
             .and_then(|c| c.exp)
             .or(fallback_expires_at)
             .unwrap_or_else(|| now_unix.saturating_add(UNKNOWN_LIFETIME_SECS));
+        // `iat` is the issuing second, rounded down: the token may have been up to a second
+        // old when it arrived, so count a second less of it.
         let lifetime_secs = match claims {
             Some(TokenClaims {
                 iat: Some(iat),
                 exp: Some(exp),
-            }) if exp > iat => exp.saturating_sub(iat),
+            }) if exp > iat => exp.saturating_sub(iat).saturating_sub(1),
             _ => expires_at.saturating_sub(now_unix),
         };
         let lifetime = u64::try_from(lifetime_secs).map_or(Duration::ZERO, Duration::from_secs);
@@ -582,7 +613,15 @@ mod tests {
         // The local clock is an hour off: the lifetime still comes from iat and exp.
         let schedule = RefreshSchedule::of(&token, None, 1000 + 3600);
         assert_eq!(schedule.expires_at, 1900);
-        assert_eq!(schedule.refresh_after, Duration::from_secs(720));
+        // 80% of 899 s: `iat` is rounded down, so a second of the 900 may have passed.
+        assert_eq!(schedule.refresh_after, Duration::from_millis(719_200));
+    }
+
+    #[test]
+    fn a_short_token_is_refreshed_before_it_expires_even_when_it_arrived_late_in_its_second() {
+        // Issued at 1000.999 (iat 1000), lives 3 s: at most 2.001 s are left on arrival.
+        let schedule = RefreshSchedule::of(&jwt(r#"{"iat":1000,"exp":1003}"#), None, 1000);
+        assert_eq!(schedule.refresh_after, Duration::from_millis(1600));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use rally_proto::broker::v1::attach_request::Body as Request;
 use rally_proto::broker::v1::attach_response::Body;
 use rally_proto::broker::v1::broker_client::BrokerClient;
 use rally_proto::broker::v1::{
-    AttachRequest, AttachResponse, Candidate, ErrorCode, Hello, NatType, Ping, Welcome,
+    AttachRequest, AttachResponse, Candidate, ErrorCode, Hello, NatType, Ping, Reauthenticate,
+    Welcome,
 };
 use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::mpsc::{self, Permit};
@@ -68,6 +69,9 @@ pub(super) struct Driver {
     last_id: u64,
     clock: ClockSync,
     backoff: Backoff,
+    /// Changes when the session installs a refreshed access token: the attachment then
+    /// re-authenticates in band, or the broker ends it when its first token expires.
+    tokens: tokio::sync::watch::Receiver<u64>,
 }
 
 /// One open Attach stream.
@@ -114,7 +118,9 @@ impl Driver {
         status: Arc<LinkStatus>,
         cancel: CancellationToken,
     ) -> Self {
+        let tokens = session.token_updates();
         Self {
+            tokens,
             session,
             announcement,
             commands,
@@ -187,6 +193,8 @@ impl Driver {
     /// Opening a stream with the current announcement (a future that does not borrow the driver,
     /// so requests can be answered meanwhile).
     fn opening(&mut self) -> impl Future<Output = Result<Opened, OpenError>> + use<> {
+        // The stream opens with the current token: only later ones need re-authenticating.
+        self.tokens.mark_unchanged();
         let id = self.next_id();
         open(self.session.clone(), wire::hello(&self.announcement), id)
     }
@@ -298,6 +306,11 @@ impl Driver {
                     Some(command) => self.send(stream, command),
                 },
                 _ = ping.tick() => self.ping(stream),
+                changed = self.tokens.changed() => match changed {
+                    Ok(()) => self.reauthenticate(stream),
+                    // The session is gone; the link ends with it.
+                    Err(_) => return End::Closed,
+                },
                 message = stream.inbound.message(), if reading => match message {
                     Ok(Some(message)) => {
                         quiet.as_mut().reset(tokio::time::Instant::now() + silence);
@@ -307,6 +320,11 @@ impl Driver {
                     }
                     Ok(None) => return End::Lost("the broker ended the stream".into()),
                     Err(status) => {
+                        if status.code() == tonic::Code::Unauthenticated {
+                            // Expired, or the session ended on the server: a refresh tells
+                            // which (it fails for an ended session, which then ends here).
+                            self.session.refresh_now();
+                        }
                         return End::Lost(format!("{:?}: {}", status.code(), status.message()));
                     }
                 },
@@ -345,6 +363,34 @@ impl Driver {
         if let Some(waiting) = stream.pending.take(id) {
             let _ = waiting.reply.send(Err(refusal));
         }
+    }
+
+    /// Presents the session's refreshed access token on the attachment (Reauthenticate); a
+    /// refusal is logged (the broker then ends the attachment at the old token's deadline, and
+    /// the link re-attaches with the current token).
+    fn reauthenticate(&mut self, stream: &mut Stream) {
+        let access_token = self.session.access_token();
+        if access_token.is_empty() {
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            stream,
+            Command {
+                body: Request::Reauthenticate(Reauthenticate { access_token }),
+                on_ack: None,
+                reply,
+            },
+        );
+        tokio::spawn(async move {
+            match answer.await {
+                Ok(Ok(_)) => tracing::debug!("the attachment re-authenticated"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "the broker refused the refreshed access token");
+                }
+                Err(_) => {}
+            }
+        });
     }
 
     /// Sends a Ping (and forgets requests whose callers gave up).

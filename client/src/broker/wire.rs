@@ -194,7 +194,7 @@ pub(crate) fn classify(message: AttachResponse, clock: &ClockSync, now: Instant)
     };
     match body {
         Body::Welcome(_) => Incoming::Dropped("a Welcome on a live attachment".into()),
-        Body::Ack(_) => answer(Ok(Answer::Ack)),
+        Body::Ack(_) | Body::Reauthenticated(_) => answer(Ok(Answer::Ack)),
         Body::Error(error) => answer(Err(Error::Broker {
             code: ErrorCode::try_from(error.code).unwrap_or(ErrorCode::Unspecified),
             message: error.message,

@@ -9,6 +9,8 @@ pub struct Caller {
     pub user_id: Uuid,
     /// The session (sign-in) the access token belongs to.
     pub session_id: Uuid,
+    /// When the access token expires, seconds since the Unix epoch.
+    pub expires_at: i64,
 }
 
 impl Caller {

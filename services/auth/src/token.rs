@@ -214,6 +214,7 @@ impl TokenVerifier {
         Ok(Caller {
             user_id: parse("sub", &data.claims.sub)?,
             session_id: parse("sid", &data.claims.sid)?,
+            expires_at: data.claims.exp,
         })
     }
 
@@ -264,7 +265,8 @@ mod tests {
             caller,
             Caller {
                 user_id: user,
-                session_id: session
+                session_id: session,
+                expires_at: token.expires_at,
             }
         );
     }

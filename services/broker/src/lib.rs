@@ -84,6 +84,8 @@ pub struct BrokerConfig {
     pub reflector_addresses: Vec<SocketAddr>,
     /// The relay for relay grants; `None` answers grant requests with RELAY_UNAVAILABLE.
     pub relay: Option<RelaySettings>,
+    /// How long an attachment outlives its access token's expiry without a Reauthenticate.
+    pub reauth_grace: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -100,6 +102,7 @@ impl Default for BrokerConfig {
             heartbeat_interval: Duration::from_secs(5),
             reflector_addresses: Vec::new(),
             relay: None,
+            reauth_grace: Duration::from_secs(30),
         }
     }
 }
@@ -115,9 +118,20 @@ pub struct BrokerStores {
     pub rooms: Arc<dyn RoomStore>,
 }
 
+/// How the broker checks the tokens attachments re-authenticate with: the verifier of every
+/// other call, and this replica's ended sessions.
+#[derive(Clone)]
+pub struct BrokerAuth {
+    /// Verifies access tokens.
+    pub verifier: Arc<rally_auth::TokenVerifier>,
+    /// Sessions known to have ended.
+    pub session_ends: Arc<rally_auth::SessionEnds>,
+}
+
 /// The broker of one replica: its attachments and its view of the shared state.
 pub struct Broker {
     config: BrokerConfig,
+    auth: BrokerAuth,
     replica_id: Uuid,
     stores: BrokerStores,
     room_hub: Arc<RoomHub>,
@@ -145,6 +159,7 @@ impl Broker {
     /// shutdown every attachment ends with `UNAVAILABLE`, recorded as detached.
     pub async fn start(
         config: BrokerConfig,
+        auth: BrokerAuth,
         stores: BrokerStores,
         room_hub: Arc<RoomHub>,
         bus: Arc<dyn Bus>,
@@ -160,6 +175,7 @@ impl Broker {
             replica_id: Uuid::new_v4(),
             limiter: RateLimiter::keyed(quota),
             config,
+            auth,
             stores,
             room_hub,
             bus,
@@ -341,8 +357,7 @@ impl BrokerRpc for BrokerService {
         request: tonic::Request<tonic::Streaming<rally_proto::broker::v1::AttachRequest>>,
     ) -> Result<tonic::Response<link::Outgoing>, tonic::Status> {
         let caller = rally_auth::Caller::of(&request)?;
-        let stream =
-            session::attach(self.broker.clone(), caller.user_id, request.into_inner()).await?;
+        let stream = session::attach(self.broker.clone(), caller, request.into_inner()).await?;
         Ok(tonic::Response::new(stream))
     }
 }

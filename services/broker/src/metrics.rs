@@ -77,6 +77,7 @@ pub(crate) fn kind(signal: &Request) -> &'static str {
         Request::Close(_) => "close",
         Request::RequestRelayGrant(_) => "request_relay_grant",
         Request::QueryRoomPresence(_) => "query_room_presence",
+        Request::Reauthenticate(_) => "reauthenticate",
     }
 }
 

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+use rally_auth::Caller;
 use rally_proto::broker::v1::attach_request::Body as Request;
 use rally_proto::broker::v1::attach_response::Body;
-use rally_proto::broker::v1::{AttachRequest, AttachResponse, ErrorCode, Pong, Welcome};
+use rally_proto::broker::v1::{
+    AttachRequest, AttachResponse, ErrorCode, Pong, Reauthenticate, Reauthenticated, Welcome,
+};
 use rally_rooms::clock::{now, timestamp};
 use rally_store::StoreError;
 use rally_store::broker::NewAttachment;
@@ -21,9 +24,10 @@ use crate::{Broker, metrics};
 /// user's previous one), answers Welcome, and spawns the task that serves the rest of the stream.
 pub(crate) async fn attach(
     broker: Arc<Broker>,
-    user: Uuid,
+    caller: Caller,
     mut incoming: Streaming<AttachRequest>,
 ) -> Result<Outgoing, Status> {
+    let user = caller.user_id;
     let first = match tokio::time::timeout(broker.config.hello_timeout, incoming.message()).await {
         Err(_) => {
             return Err(Status::deadline_exceeded(format!(
@@ -112,6 +116,7 @@ pub(crate) async fn attach(
                 .filter(|p| p.online())
                 .map(|p| p.attachment_id.to_string())
                 .unwrap_or_default(),
+            reauthenticate_by: Some(timestamp(reauth_deadline(&broker, caller.expires_at))),
         })),
     });
     tracing::debug!(%user, attachment = %attachment_id, "attached");
@@ -122,11 +127,49 @@ pub(crate) async fn attach(
     tokio::spawn(serve(
         broker,
         link,
+        caller,
         incoming,
         previous_announcement,
         announcement,
     ));
     Ok(stream)
+}
+
+/// When an attachment whose token expires at `expires_at` (Unix seconds) must have
+/// re-authenticated: the expiry plus the grace period, as Unix milliseconds.
+fn reauth_deadline(broker: &Broker, expires_at: i64) -> i64 {
+    let grace = i64::try_from(broker.config.reauth_grace.as_millis()).unwrap_or(i64::MAX);
+    expires_at.saturating_mul(1000).saturating_add(grace)
+}
+
+/// The same deadline on the runtime's clock.
+fn deadline_instant(unix_millis: i64) -> tokio::time::Instant {
+    let left = u64::try_from(unix_millis.saturating_sub(now())).unwrap_or(0);
+    tokio::time::Instant::now() + std::time::Duration::from_millis(left)
+}
+
+/// Checks a Reauthenticate: a valid token of the attachment's user and session, whose session
+/// has not ended. Returns the attachment's new deadline (Unix milliseconds).
+fn reauthenticate(
+    broker: &Broker,
+    caller: &Caller,
+    request: &Reauthenticate,
+) -> Result<i64, Refusal> {
+    let refused = |why: &str| Refusal::new(ErrorCode::Unauthenticated, why);
+    let fresh = broker
+        .auth
+        .verifier
+        .verify(request.access_token.trim())
+        .map_err(|e| refused(&format!("the access token is not accepted: {e}")))?;
+    if fresh.user_id != caller.user_id || fresh.session_id != caller.session_id {
+        return Err(refused(
+            "the access token belongs to another user or session than the attachment",
+        ));
+    }
+    if broker.auth.session_ends.is_ended(fresh.session_id) {
+        return Err(refused("the session has ended; sign in again"));
+    }
+    Ok(reauth_deadline(broker, fresh.expires_at))
 }
 
 /// What the loop does after a message.
@@ -139,6 +182,7 @@ enum Next {
 async fn serve(
     broker: Arc<Broker>,
     link: Arc<Link>,
+    caller: Caller,
     mut incoming: Streaming<AttachRequest>,
     previous: Option<Announcement>,
     current: Announcement,
@@ -152,12 +196,19 @@ async fn serve(
     }
     let silence = broker.config.keepalive_interval * 3;
     let mut deadline = tokio::time::Instant::now() + silence;
+    let mut reauth_by = deadline_instant(reauth_deadline(&broker, caller.expires_at));
     loop {
         let received = tokio::select! {
             biased;
             () = link.end_requested() => break,
             () = broker.shutdown.cancelled() => {
                 link.end(Ending::status(Status::unavailable("the server is shutting down; re-attach")));
+                break;
+            }
+            () = tokio::time::sleep_until(reauth_by) => {
+                link.end(Ending::status(Status::unauthenticated(
+                    "the access token expired and no fresh one was presented (Reauthenticate)",
+                )));
                 break;
             }
             () = tokio::time::sleep_until(deadline) => {
@@ -169,6 +220,32 @@ async fn serve(
             received = incoming.message() => received,
         };
         match received {
+            Ok(Some(AttachRequest {
+                request_id,
+                body: Some(Request::Reauthenticate(reauth)),
+            })) if request_id != 0 => {
+                deadline = tokio::time::Instant::now() + silence;
+                let answer = match broker.limiter.check_key(&link.user) {
+                    Err(_) => Err(Refusal::new(
+                        ErrorCode::RateLimited,
+                        "too many signals; slow down",
+                    )),
+                    Ok(()) => reauthenticate(&broker, &caller, &reauth),
+                };
+                let body = match answer {
+                    Ok(next) => {
+                        reauth_by = deadline_instant(next);
+                        Body::Reauthenticated(Reauthenticated {
+                            reauthenticate_by: Some(timestamp(next)),
+                        })
+                    }
+                    Err(refusal) => refusal.into_body(),
+                };
+                link.send(AttachResponse {
+                    request_id,
+                    body: Some(body),
+                });
+            }
             Ok(Some(request)) => {
                 deadline = tokio::time::Instant::now() + silence;
                 if let Next::End = handle(&broker, &link, request).await {

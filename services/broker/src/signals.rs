@@ -197,9 +197,10 @@ impl Broker {
                 self.relay_grant(me, peer).await.map(Some)
             }
             Request::QueryRoomPresence(_) => self.room_presence(me).await.map(Some),
-            Request::Hello(_) | Request::Ping(_) => {
-                Err(Refusal::invalid("Hello and Ping are not signals"))
-            }
+            // The session loop answers these itself.
+            Request::Hello(_) | Request::Ping(_) | Request::Reauthenticate(_) => Err(
+                Refusal::invalid("Hello, Ping and Reauthenticate are not signals"),
+            ),
         }
     }
 

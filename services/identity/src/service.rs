@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rally_auth::{Caller, TokenIssuer};
 use rally_proto::identity::v1 as pb;
 use rally_proto::identity::v1::identity_server::{Identity, IdentityServer};
-use rally_store::{IdentityStore, NewSession, NewUser, RefreshRotation, UnixMillis, User};
+use rally_store::{Bus, IdentityStore, NewSession, NewUser, RefreshRotation, UnixMillis, User};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -44,6 +44,8 @@ pub struct IdentityService {
     passwords: Passwords,
     throttle: SignInThrottle,
     refresh_ttl: Duration,
+    /// Where ended sessions are announced to every replica (`None`: nowhere).
+    session_ends: Option<Arc<dyn Bus>>,
 }
 
 impl IdentityService {
@@ -59,7 +61,32 @@ impl IdentityService {
             passwords: Passwords::new(config.passwords)?,
             throttle: SignInThrottle::new(config.throttle),
             refresh_ttl: config.refresh_ttl,
+            session_ends: None,
         })
+    }
+
+    /// Announces every session this service ends (Logout, a reused refresh token) on `bus`, so
+    /// that every replica refuses its tokens and ends its open streams
+    /// (`rally_auth::revocation`).
+    pub fn announcing_session_ends(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.session_ends = Some(bus);
+        self
+    }
+
+    /// Tells every replica that `sessions` ended. A failure is logged: the sessions are revoked
+    /// in the database already, and their access tokens expire on their own.
+    async fn announce_ended(&self, sessions: &[Uuid]) {
+        let Some(bus) = &self.session_ends else {
+            return;
+        };
+        for payload in rally_auth::revocation::ended_payloads(sessions) {
+            if let Err(error) = bus
+                .publish(rally_auth::revocation::SESSIONS_ENDED_TOPIC, &payload)
+                .await
+            {
+                tracing::warn!(%error, "could not announce ended sessions to the other replicas");
+            }
+        }
     }
 
     /// The tonic server for this service.
@@ -252,6 +279,7 @@ impl Identity for IdentityService {
             }
             RefreshRotation::Reused { session_id } => {
                 tracing::warn!(%session_id, "rotated refresh token presented again; session revoked");
+                self.announce_ended(&[session_id]).await;
                 return Err(IdentityError::RefreshRefused(
                     "refresh token was already used; the session is revoked",
                 )
@@ -270,16 +298,31 @@ impl Identity for IdentityService {
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let caller = Caller::of(&request)?;
         let now = now_millis();
-        let revoked = if request.get_ref().all_sessions {
-            self.store.revoke_all_sessions(caller.user_id, now).await
-        } else {
+        let ended = if request.get_ref().all_sessions {
             self.store
+                .revoke_all_sessions(caller.user_id, now)
+                .await
+                .map_err(IdentityError::from)?
+        } else {
+            let revoked = self
+                .store
                 .revoke_session(caller.user_id, caller.session_id, now)
                 .await
+                .map_err(IdentityError::from)?;
+            match revoked {
+                0 => Vec::new(),
+                _ => vec![caller.session_id],
+            }
+        };
+        // The caller's own session ends too when it was revoked earlier (its token still
+        // verifies): announce it again, so that replicas that missed it catch up.
+        let mut announced = ended.clone();
+        if !announced.contains(&caller.session_id) {
+            announced.push(caller.session_id);
         }
-        .map_err(IdentityError::from)?;
+        self.announce_ended(&announced).await;
         Ok(Response::new(pb::LogoutResponse {
-            revoked_sessions: revoked,
+            revoked_sessions: u32::try_from(ended.len()).unwrap_or(u32::MAX),
         }))
     }
 

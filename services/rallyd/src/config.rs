@@ -162,6 +162,11 @@ pub struct Config {
     #[arg(long, env = "RALLY_BROKER_DETACH_GRACE_MS", default_value_t = 30_000)]
     pub broker_detach_grace_ms: u64,
 
+    /// How long a broker attachment outlives its access token's expiry without re-authenticating
+    /// in band (a Reauthenticate with a fresh token), in milliseconds.
+    #[arg(long, env = "RALLY_BROKER_REAUTH_GRACE_MS", default_value_t = 30_000)]
+    pub broker_reauth_grace_ms: u64,
+
     /// Broker signals a user may send per second (sustained; Ping is not counted).
     #[arg(long, env = "RALLY_BROKER_SIGNALS_PER_SECOND", default_value_t = 20)]
     pub broker_signals_per_second: u32,
@@ -256,6 +261,11 @@ impl Config {
         if self.broker_keepalive_ms < 100 || self.broker_keepalive_ms > 600_000 {
             return Err(RallydError::Config(
                 "--broker-keepalive-ms must be 100 to 600000".into(),
+            ));
+        }
+        if self.broker_reauth_grace_ms > 3600 * 1000 {
+            return Err(RallydError::Config(
+                "--broker-reauth-grace-ms must be at most an hour".into(),
             ));
         }
         if self.broker_detach_grace_ms > 24 * 3600 * 1000 {
@@ -426,6 +436,7 @@ impl std::fmt::Debug for Config {
             )
             .field("broker_keepalive_ms", &self.broker_keepalive_ms)
             .field("broker_detach_grace_ms", &self.broker_detach_grace_ms)
+            .field("broker_reauth_grace_ms", &self.broker_reauth_grace_ms)
             .field("broker_signals_per_second", &self.broker_signals_per_second)
             .field("broker_signal_burst", &self.broker_signal_burst)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)

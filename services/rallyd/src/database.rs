@@ -12,8 +12,9 @@ use crate::{Config, RallydError};
 /// The open database, whichever backend it is.
 #[derive(Clone)]
 pub enum Database {
-    /// The embedded SQLite database (single replica).
-    Sqlite(Arc<SqliteStore>),
+    /// The embedded SQLite database (single replica), with the one in-process bus every
+    /// service of the process shares.
+    Sqlite(Arc<SqliteStore>, Arc<LocalBus>),
     /// A Postgres database (any number of replicas).
     Postgres(Arc<PostgresStore>),
 }
@@ -26,10 +27,16 @@ impl Database {
                 let store = PostgresStore::connect(url, config.database_max_connections).await?;
                 Ok(Self::Postgres(Arc::new(store)))
             }
-            Some(url) => Ok(Self::Sqlite(Arc::new(SqliteStore::open_url(url).await?))),
+            Some(url) => Ok(Self::Sqlite(
+                Arc::new(SqliteStore::open_url(url).await?),
+                Arc::default(),
+            )),
             None => {
                 let path = config.data_dir.join("rally.db");
-                Ok(Self::Sqlite(Arc::new(SqliteStore::open(&path).await?)))
+                Ok(Self::Sqlite(
+                    Arc::new(SqliteStore::open(&path).await?),
+                    Arc::default(),
+                ))
             }
         }
     }
@@ -37,7 +44,7 @@ impl Database {
     /// The backend's name, for logs.
     pub fn backend(&self) -> &'static str {
         match self {
-            Self::Sqlite(_) => "sqlite",
+            Self::Sqlite(..) => "sqlite",
             Self::Postgres(_) => "postgres",
         }
     }
@@ -45,7 +52,7 @@ impl Database {
     /// The identity store.
     pub fn identity(&self) -> Arc<dyn IdentityStore> {
         match self {
-            Self::Sqlite(store) => store.clone(),
+            Self::Sqlite(store, _) => store.clone(),
             Self::Postgres(store) => store.clone(),
         }
     }
@@ -53,7 +60,7 @@ impl Database {
     /// The room store.
     pub fn rooms(&self) -> Arc<dyn RoomStore> {
         match self {
-            Self::Sqlite(store) => store.clone(),
+            Self::Sqlite(store, _) => store.clone(),
             Self::Postgres(store) => store.clone(),
         }
     }
@@ -61,7 +68,7 @@ impl Database {
     /// The ticket store.
     pub fn tickets(&self) -> Arc<dyn TicketStore> {
         match self {
-            Self::Sqlite(store) => store.clone(),
+            Self::Sqlite(store, _) => store.clone(),
             Self::Postgres(store) => store.clone(),
         }
     }
@@ -69,7 +76,7 @@ impl Database {
     /// The broker store.
     pub fn broker(&self) -> Arc<dyn BrokerStore> {
         match self {
-            Self::Sqlite(store) => store.clone(),
+            Self::Sqlite(store, _) => store.clone(),
             Self::Postgres(store) => store.clone(),
         }
     }
@@ -78,7 +85,7 @@ impl Database {
     /// single-replica by design.
     pub fn bus(&self) -> Arc<dyn Bus> {
         match self {
-            Self::Sqlite(_) => Arc::new(LocalBus::default()),
+            Self::Sqlite(_, bus) => bus.clone(),
             Self::Postgres(store) => Arc::new(PgBus::new(store.as_ref().clone())),
         }
     }
@@ -86,7 +93,7 @@ impl Database {
     /// Closes the connection pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(store) => store.close().await,
+            Self::Sqlite(store, _) => store.close().await,
             Self::Postgres(store) => store.close().await,
         }
     }

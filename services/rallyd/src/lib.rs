@@ -19,6 +19,7 @@ mod relay_metrics;
 mod relay_secret;
 pub mod rpc_telemetry;
 mod server;
+mod session_ends;
 pub mod telemetry;
 mod tls;
 

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rally_auth::{AuthLayer, KeyRing, PublicMethods, SigningKey, TokenIssuer, TokenVerifier};
+use rally_auth::{
+    AuthLayer, KeyRing, PublicMethods, SessionEnds, SessionLayer, SigningKey, StreamLife,
+    TokenIssuer, TokenVerifier,
+};
 use rally_identity::{IdentityConfig, IdentityService, ThrottleConfig};
 use rally_relay::server::RelayServer;
 use tokio::net::TcpListener;
@@ -18,6 +21,8 @@ use crate::{Config, Database, RallydError, ServiceKind};
 
 /// Largest request message the identity service decodes; its biggest field is a 1024-byte password.
 const IDENTITY_MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// The longest access-token lifetime `--access-token-ttl-secs` allows.
+const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 24 * 3600;
 /// Most concurrent calls on one client connection.
 const MAX_CALLS_PER_CONNECTION: usize = 256;
 
@@ -160,6 +165,9 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
 
     let (key, ring) = load_keys(&config)?;
     let verifier = Arc::new(TokenVerifier::new(ring));
+    // Ended sessions are remembered as long as one of their access tokens could still verify,
+    // whatever lifetime the identity replicas give them.
+    let session_ends = SessionEnds::new(Duration::from_secs(MAX_ACCESS_TOKEN_TTL_SECS));
     let mut public = PublicMethods::default()
         .service("grpc.health.v1.Health")
         .service("grpc.reflection.v1.ServerReflection")
@@ -187,7 +195,8 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                 ..IdentityConfig::default()
             };
             let service =
-                IdentityService::new(store(&database)?.identity(), issuer, identity_config)?;
+                IdentityService::new(store(&database)?.identity(), issuer, identity_config)?
+                    .announcing_session_ends(store(&database)?.bus());
             Some(
                 service
                     .into_server()
@@ -197,6 +206,15 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         false => None,
     };
     let shutdown = CancellationToken::new();
+    if let Some(database) = &database {
+        crate::session_ends::follow(
+            database.bus(),
+            database.identity(),
+            session_ends.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+    }
     let room_hub = match config.runs(ServiceKind::Rooms) || config.runs(ServiceKind::Broker) {
         true => Some(
             rally_rooms::Hub::start(
@@ -268,6 +286,10 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                         .map(RelayServer::local_addrs)
                         .unwrap_or_default(),
                 )?,
+                rally_broker::BrokerAuth {
+                    verifier: verifier.clone(),
+                    session_ends: session_ends.clone(),
+                },
                 rally_broker::BrokerStores {
                     broker: store(&database)?.broker(),
                     identity: store(&database)?.identity(),
@@ -365,7 +387,20 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ]))
-        .layer(AuthLayer::new(verifier, public))
+        .layer(AuthLayer::new(verifier.clone(), public))
+        // Behind authentication: refuses the calls of ended sessions and ends their streams.
+        .layer(
+            SessionLayer::new(session_ends.clone())
+                .stream(
+                    "/rally.broker.v1.Broker/Attach",
+                    StreamLife::Reauthenticates,
+                )
+                .stream("/rally.rooms.v1.Rooms/WatchRoom", StreamLife::EndsAtExpiry)
+                .stream(
+                    "/rally.rooms.v1.Matchmaking/WatchTicket",
+                    StreamLife::EndsAtExpiry,
+                ),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -520,6 +555,7 @@ fn broker_config(
         signal_burst: config.broker_signal_burst,
         reflector_addresses: public,
         relay,
+        reauth_grace: Duration::from_millis(config.broker_reauth_grace_ms),
         ..rally_broker::BrokerConfig::default()
     })
 }

@@ -296,18 +296,27 @@ impl IdentityStore for PostgresStore {
         Ok(count(done.rows_affected()))
     }
 
-    async fn revoke_all_sessions(&self, user_id: Uuid, now: UnixMillis) -> Result<u32, StoreError> {
-        let done = sqlx::query(
+    async fn revoke_all_sessions(
+        &self,
+        user_id: Uuid,
+        now: UnixMillis,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ids: Vec<(String,)> = sqlx::query_as(
             "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
-             WHERE user_id = $3 AND revoked_at IS NULL",
+             WHERE user_id = $3 AND revoked_at IS NULL RETURNING id",
         )
         .bind(now)
         .bind(SIGNED_OUT_EVERYWHERE)
         .bind(id_text(user_id))
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(map_error)?;
-        Ok(count(done.rows_affected()))
+        ids.into_iter()
+            .map(|(id,)| {
+                Uuid::try_parse(&id)
+                    .map_err(|e| StoreError::Backend(format!("session id {id:?}: {e}").into()))
+            })
+            .collect()
     }
 }
 

@@ -190,6 +190,11 @@ pub trait IdentityStore: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<u32, StoreError>;
 
-    /// Revokes every session of a user. Returns how many this call revoked.
-    async fn revoke_all_sessions(&self, user_id: Uuid, now: UnixMillis) -> Result<u32, StoreError>;
+    /// Revokes every session of a user. Returns the ids of those this call revoked (so that
+    /// their open streams can be ended everywhere).
+    async fn revoke_all_sessions(
+        &self,
+        user_id: Uuid,
+        now: UnixMillis,
+    ) -> Result<Vec<Uuid>, StoreError>;
 }

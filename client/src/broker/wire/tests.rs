@@ -304,6 +304,7 @@ fn a_welcome_is_read_with_bounds() {
         detach_grace_period: None,
         reflector_addresses: vec![address("127.0.0.1", 7371), address("nope", 1)],
         superseded_attachment_id: String::new(),
+        reauthenticate_by: None,
     });
     assert_eq!(welcomed.keepalive, KEEPALIVE_RANGE.0);
     assert_eq!(
