@@ -797,7 +797,63 @@ on_both_backends!(
     relay_grants_work_on_the_real_relay,
     relay_policies_shape_what_peers_see,
     room_presence_lists_members_with_their_presence,
+    a_fingerprint_another_online_user_announced_is_refused,
 );
+
+/// A Hello announcing the certificate fingerprint of another online user ends with
+/// INVALID_ARGUMENT; once that user is gone, the fingerprint is free.
+async fn a_fingerprint_another_online_user_announced_is_refused(server: &TestServer) {
+    let alice = server.user("alice").await;
+    let mallory = server.user("mallory").await;
+    let a = Attached::new(server, &alice, hello(0x5A, 4000)).await;
+    let copied = AttachRequest {
+        request_id: 1,
+        body: Some(Req::Hello(hello(0x5A, 5000))),
+    };
+    let status = match open(server, &mallory, copied.clone()).await {
+        Err(status) => status,
+        Ok((_tx, mut rx)) => match tokio::time::timeout(WAIT, rx.next()).await {
+            Ok(Some(Err(status))) => status,
+            other => panic!("expected the stream to end, got {other:?}"),
+        },
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("certificate_fingerprint"),
+        "{status:?}"
+    );
+    // Mallory was not attached: Alice cannot reach it.
+    let mut a = a;
+    let refused = a.request(connect(&mallory)).await;
+    assert_eq!(error_code(&refused), ErrorCode::UserOffline);
+    // Alice leaves; the fingerprint is free.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match open(server, &mallory, copied.clone()).await {
+            Ok((tx, mut rx)) => match tokio::time::timeout(WAIT, rx.next()).await {
+                Ok(Some(Ok(welcome))) => {
+                    assert!(
+                        matches!(welcome.body, Some(Body::Welcome(_))),
+                        "{welcome:?}"
+                    );
+                    drop(tx);
+                    break;
+                }
+                Ok(Some(Err(status))) if status.code() == Code::InvalidArgument => {}
+                other => panic!("expected a Welcome, got {other:?}"),
+            },
+            Err(status) if status.code() == Code::InvalidArgument => {}
+            Err(status) => panic!("{status:?}"),
+        }
+        // Alice's detach is recorded when the server sees her stream end.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fingerprint stayed taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_past_the_rate_limit_are_refused_and_pings_still_answered() {

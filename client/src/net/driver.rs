@@ -1124,14 +1124,22 @@ async fn accept_loop(inner: Arc<Inner>) {
         };
         let fingerprint = conn.peer();
         let remote = conn.remote_addr();
-        let found = lock(&inner.peers)
-            .iter()
-            .find(|(_, slot)| slot.peer.fingerprint() == Some(fingerprint))
+        let found = {
+            let peers = lock(&inner.peers);
+            owner_of(
+                fingerprint,
+                peers
+                    .iter()
+                    .map(|(user, slot)| (*user, slot.peer.fingerprint())),
+            )
+            .and_then(|user| peers.get(&user).map(|slot| (user, slot)))
             .map(|(user, slot)| {
                 let relayed = slot.relay_path.as_ref().is_some_and(|p| p.local == remote);
-                (*user, if relayed { Path::Relayed } else { Path::Direct })
-            });
+                (user, if relayed { Path::Relayed } else { Path::Direct })
+            })
+        };
         let Some((user, path)) = found else {
+            tracing::debug!(%remote, "refused a connection no single agreed peer announced");
             conn.close(0);
             continue;
         };
@@ -1150,6 +1158,21 @@ async fn accept_loop(inner: Arc<Inner>) {
     }
 }
 
+/// The user an incoming connection with certificate `fingerprint` belongs to: the one agreed
+/// peer that announced it. A connection is never given to a user by its fingerprint alone: when
+/// two agreed peers announced the same one (the broker refuses that among online users; a stale
+/// announcement could still carry it), nobody gets the connection.
+fn owner_of(
+    fingerprint: [u8; 32],
+    peers: impl Iterator<Item = (Uuid, Option<[u8; 32]>)>,
+) -> Option<Uuid> {
+    let mut owners = peers
+        .filter(|(_, announced)| *announced == Some(fingerprint))
+        .map(|(user, _)| user);
+    let owner = owners.next()?;
+    owners.next().is_none().then_some(owner)
+}
+
 async fn ticker(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1164,6 +1187,19 @@ async fn ticker(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_goes_to_the_one_peer_that_announced_its_fingerprint_or_to_nobody() {
+        let (ada, bob, eve) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (a, b) = ([0xA1; 32], [0xB2; 32]);
+        let peers = [(ada, Some(a)), (bob, Some(b)), (eve, None)];
+        assert_eq!(owner_of(b, peers.into_iter()), Some(bob));
+        assert_eq!(owner_of([0xFF; 32], peers.into_iter()), None);
+        // Eve announced Bob's fingerprint: Bob's connection must not become Eve's.
+        let copied = [(bob, Some(b)), (eve, Some(b)), (ada, Some(a))];
+        assert_eq!(owner_of(b, copied.into_iter()), None);
+        assert_eq!(owner_of(a, copied.into_iter()), Some(ada));
+    }
 
     fn ips(candidates: &[Candidate]) -> Vec<String> {
         candidates

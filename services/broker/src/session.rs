@@ -43,10 +43,18 @@ pub(crate) async fn attach(
         }
         Ok(Ok(Some(first))) => first,
     };
-    let Some(Request::Hello(hello)) = first.body else {
-        return Err(Status::failed_precondition(
-            "the first message of an attachment must be a Hello",
-        ));
+    let hello = match first.body {
+        Some(Request::Hello(hello)) => hello,
+        None => {
+            return Err(Status::invalid_argument(
+                "the first message is malformed (a string that is not UTF-8?) or has no body",
+            ));
+        }
+        Some(_) => {
+            return Err(Status::failed_precondition(
+                "the first message of an attachment must be a Hello",
+            ));
+        }
     };
     if first.request_id == 0 {
         return Err(Status::invalid_argument("request_id must be non-zero"));
@@ -55,6 +63,11 @@ pub(crate) async fn attach(
     if broker.shutdown.is_cancelled() {
         return Err(Status::unavailable("the server is shutting down"));
     }
+    let fingerprint: [u8; 32] = hello
+        .certificate_fingerprint
+        .as_slice()
+        .try_into()
+        .map_err(|_| Status::invalid_argument("Hello: certificate_fingerprint must be 32 bytes"))?;
     let announcement = Announcement { hello };
     let attachment_id = Uuid::new_v4();
     let previous = broker
@@ -66,6 +79,7 @@ pub(crate) async fn attach(
                 attachment_id,
                 replica_id: broker.replica_id,
                 announcement: announcement.encode(),
+                fingerprint,
             },
             now(),
         )
@@ -74,6 +88,10 @@ pub(crate) async fn attach(
             StoreError::NotFound(_) => {
                 Status::unauthenticated("the signed-in user no longer exists")
             }
+            StoreError::FingerprintTaken => Status::invalid_argument(
+                "Hello: certificate_fingerprint is announced by another online user; \
+                 each client makes its own certificate",
+            ),
             error => {
                 tracing::error!(%error, %user, "could not record an attachment");
                 Status::unavailable("the server could not record the attachment; re-attach")
@@ -290,7 +308,8 @@ async fn handle(broker: &Arc<Broker>, link: &Arc<Link>, request: AttachRequest) 
     let answer = match request.body {
         _ if id == 0 => Err(Refusal::invalid("request_id must be non-zero")),
         None => Err(Refusal::invalid(
-            "the message has no body this server knows",
+            "the message is malformed (a string that is not UTF-8?) or has no body this server \
+             knows",
         )),
         Some(Request::Hello(_)) => {
             link.end(Ending::status(Status::failed_precondition(

@@ -79,7 +79,9 @@ impl From<IdentityError> for tonic::Status {
                 tracing::warn!(%error, "database unavailable");
                 Status::unavailable("the database is unavailable; retry later")
             }
-            IdentityError::Store(StoreError::Backend(_)) | IdentityError::Internal(_) => {
+            // Identity writes no presence: a fingerprint conflict here would be a bug.
+            IdentityError::Store(StoreError::Backend(_) | StoreError::FingerprintTaken)
+            | IdentityError::Internal(_) => {
                 tracing::error!(%error, "identity call failed");
                 Status::internal("internal error")
             }

@@ -11,6 +11,8 @@ use sqlx::migrate::MigrateError;
 
 /// The unique constraint on `users.username_key` (named in `migrations/postgres`).
 const USERNAME_KEY_CONSTRAINT: &str = "users_username_key_unique";
+/// The partial unique index on live presence rows' certificate fingerprints (migration 0005).
+const FINGERPRINT_KEY_CONSTRAINT: &str = "broker_presence_fingerprint";
 
 /// The unique constraint on `room_members.user_id` (named in `migrations/postgres`): one room per
 /// user. Two concurrent moves of one user that lock no room in common meet here.
@@ -64,6 +66,9 @@ fn classify(error: &dyn DatabaseError) -> Option<StoreError> {
     match error.kind() {
         ErrorKind::UniqueViolation if error.constraint() == Some(USERNAME_KEY_CONSTRAINT) => {
             Some(StoreError::UsernameTaken)
+        }
+        ErrorKind::UniqueViolation if error.constraint() == Some(FINGERPRINT_KEY_CONSTRAINT) => {
+            Some(StoreError::FingerprintTaken)
         }
         ErrorKind::ForeignKeyViolation => Some(StoreError::NotFound("user")),
         _ => {

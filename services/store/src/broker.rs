@@ -78,6 +78,9 @@ pub struct NewAttachment {
     pub replica_id: Uuid,
     /// What the client announced (at most [`MAX_ANNOUNCEMENT_BYTES`]).
     pub announcement: Vec<u8>,
+    /// The SHA-256 of the client's certificate, as announced: no other live attachment may
+    /// announce it.
+    pub fingerprint: [u8; 32],
 }
 
 /// Where a pair is.
@@ -176,8 +179,10 @@ pub struct Forgotten {
 #[async_trait]
 pub trait BrokerStore: Send + Sync + 'static {
     /// Makes `attachment` the user's current one (live), returning the row it replaced, if any
-    /// (live or detached). Fails with [`StoreError::NotFound`] for an unknown user, and with
-    /// [`StoreError::Backend`] for an announcement longer than [`MAX_ANNOUNCEMENT_BYTES`].
+    /// (live or detached). Fails with [`StoreError::NotFound`] for an unknown user, with
+    /// [`StoreError::FingerprintTaken`] when another user's live attachment announced the same
+    /// fingerprint (changing nothing), and with [`StoreError::Backend`] for an announcement
+    /// longer than [`MAX_ANNOUNCEMENT_BYTES`].
     async fn attach(
         &self,
         attachment: NewAttachment,

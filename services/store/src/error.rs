@@ -6,6 +6,9 @@ pub enum StoreError {
     /// The username (compared case-insensitively) already belongs to another account.
     #[error("username is already taken")]
     UsernameTaken,
+    /// The certificate fingerprint is announced by another user's live attachment.
+    #[error("the certificate fingerprint belongs to another online user")]
+    FingerprintTaken,
     /// A row the caller referred to does not exist (for example a session of an unknown user).
     #[error("{0} not found")]
     NotFound(&'static str),

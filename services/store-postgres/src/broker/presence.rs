@@ -52,19 +52,35 @@ pub(super) async fn attach(
     .await?
     .map(decode)
     .transpose()?;
+    // A concurrent attach of another user with the same fingerprint is settled by the unique
+    // index (broker_presence_fingerprint), which the error mapping turns into the same error.
+    let taken = sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM broker_presence \
+         WHERE fingerprint = $1 AND detached_at IS NULL AND user_id <> $2)",
+    )
+    .bind(attachment.fingerprint.as_slice())
+    .bind(&user)
+    .fetch_one(&mut *conn)
+    .await?;
+    if taken {
+        return Err(StoreError::FingerprintTaken.into());
+    }
     sqlx::query(
         "INSERT INTO broker_presence \
-         (user_id, attachment_id, replica_id, announcement, attached_at, detached_at) \
-         VALUES ($1, $2, $3, $4, $5, NULL) \
+         (user_id, attachment_id, replica_id, announcement, attached_at, detached_at, \
+          fingerprint) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6) \
          ON CONFLICT (user_id) DO UPDATE SET attachment_id = EXCLUDED.attachment_id, \
          replica_id = EXCLUDED.replica_id, announcement = EXCLUDED.announcement, \
-         attached_at = EXCLUDED.attached_at, detached_at = NULL",
+         attached_at = EXCLUDED.attached_at, detached_at = NULL, \
+         fingerprint = EXCLUDED.fingerprint",
     )
     .bind(&user)
     .bind(id_text(attachment.attachment_id))
     .bind(id_text(attachment.replica_id))
     .bind(attachment.announcement)
     .bind(now)
+    .bind(attachment.fingerprint.as_slice())
     .execute(&mut *conn)
     .await?;
     Ok(superseded)

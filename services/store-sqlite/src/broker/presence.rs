@@ -30,6 +30,19 @@ pub(super) async fn attach(
     if !user_exists {
         return Err(StoreError::NotFound("user"));
     }
+    // The write lock is held: nobody can claim the fingerprint between this and the write.
+    let taken = sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM broker_presence \
+         WHERE fingerprint = ?1 AND detached_at IS NULL AND user_id <> ?2)",
+    )
+    .bind(attachment.fingerprint.as_slice())
+    .bind(&user)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_error)?;
+    if taken {
+        return Err(StoreError::FingerprintTaken);
+    }
     let superseded = sqlx::query_as::<_, PresenceColumns>(&format!(
         "SELECT {PRESENCE_COLUMNS} FROM broker_presence WHERE user_id = ?1"
     ))
@@ -41,17 +54,20 @@ pub(super) async fn attach(
     .transpose()?;
     sqlx::query(
         "INSERT INTO broker_presence \
-         (user_id, attachment_id, replica_id, announcement, attached_at, detached_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, NULL) \
+         (user_id, attachment_id, replica_id, announcement, attached_at, detached_at, \
+          fingerprint) \
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6) \
          ON CONFLICT (user_id) DO UPDATE SET attachment_id = excluded.attachment_id, \
          replica_id = excluded.replica_id, announcement = excluded.announcement, \
-         attached_at = excluded.attached_at, detached_at = NULL",
+         attached_at = excluded.attached_at, detached_at = NULL, \
+         fingerprint = excluded.fingerprint",
     )
     .bind(&user)
     .bind(id_text(attachment.attachment_id))
     .bind(id_text(attachment.replica_id))
     .bind(attachment.announcement.as_slice())
     .bind(now)
+    .bind(attachment.fingerprint.as_slice())
     .execute(&mut *conn)
     .await
     .map_err(map_error)?;

@@ -77,6 +77,8 @@ macro_rules! broker_conformance_tests {
             concurrent_connects_of_one_user_respect_max_outgoing_pending,
             concurrent_connects_to_one_user_respect_its_max_pairs,
             concurrent_attaches_of_one_user_supersede_each_attachment_once,
+            a_fingerprint_belongs_to_one_online_user,
+            concurrent_attaches_of_two_users_with_one_fingerprint_admit_one,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -105,14 +107,24 @@ const ROOMY: PairLimits = PairLimits {
     max_pairs: 1024,
 };
 
-/// A new attachment of `user` on `replica` with a fresh id.
+/// A new attachment of `user` on `replica` with a fresh id, announcing the user's own
+/// fingerprint ([`fingerprint_of`]).
 fn attachment(user: Uuid, replica: Uuid, announcement: &[u8]) -> NewAttachment {
     NewAttachment {
         user,
         attachment_id: Uuid::new_v4(),
         replica_id: replica,
         announcement: announcement.to_vec(),
+        fingerprint: fingerprint_of(user),
     }
+}
+
+/// A fingerprint only `user` announces in these cases.
+fn fingerprint_of(user: Uuid) -> [u8; 32] {
+    let mut fingerprint = [0; 32];
+    fingerprint[..16].copy_from_slice(user.as_bytes());
+    fingerprint[16..].copy_from_slice(user.as_bytes());
+    fingerprint
 }
 
 /// The live presence `attachment` made at `attached_at`, as the store must return it.

@@ -46,6 +46,46 @@ pub async fn attach_returns_the_superseded_attachment_live_or_detached(store: &d
     assert_eq!(presence_of(store, alice).await, Some(live(&third, at(4))));
 }
 
+/// A fingerprint another user's live attachment announced is refused (`FingerprintTaken`,
+/// nothing stored); the same user may re-announce its own, and once that user detached, the
+/// fingerprint is free.
+pub async fn a_fingerprint_belongs_to_one_online_user(store: &dyn UsersAndBroker) {
+    let alice = user(store, "Alice").await;
+    let mallory = user(store, "Mallory").await;
+    let alices = attachment(alice, Uuid::new_v4(), b"alice");
+    attach(store, &alices, at(1)).await;
+    let mut copied = attachment(mallory, Uuid::new_v4(), b"mallory");
+    copied.fingerprint = alices.fingerprint;
+    let outcome = store.attach(copied.clone(), at(2)).await;
+    assert!(
+        matches!(outcome, Err(StoreError::FingerprintTaken)),
+        "expected FingerprintTaken, got {outcome:?}"
+    );
+    assert_eq!(
+        presence_of(store, mallory).await,
+        None,
+        "nothing was stored"
+    );
+    let again = attachment(alice, Uuid::new_v4(), b"alice again");
+    assert_eq!(
+        attach(store, &again, at(3)).await,
+        Some(live(&alices, at(1))),
+        "a user re-announces its own fingerprint"
+    );
+    assert!(must(
+        "detach",
+        store.detach(alice, again.attachment_id, at(4)).await
+    ));
+    assert_eq!(attach(store, &copied, at(5)).await, None);
+    let outcome = store
+        .attach(attachment(alice, Uuid::new_v4(), b"alice back"), at(6))
+        .await;
+    assert!(
+        matches!(outcome, Err(StoreError::FingerprintTaken)),
+        "now Mallory's live attachment holds it: {outcome:?}"
+    );
+}
+
 /// Attaching an unknown user fails as `NotFound` and stores nothing.
 pub async fn attach_for_an_unknown_user_is_not_found_and_stores_nothing(
     store: &dyn UsersAndBroker,

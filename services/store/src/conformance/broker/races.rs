@@ -11,6 +11,7 @@ use super::super::RACE_ROUNDS;
 use super::super::must;
 use super::super::rooms::{at, user, users};
 use super::{UsersAndBroker, attachment, expected_pair, pair, presence_of};
+use crate::StoreError;
 use crate::broker::{ConnectOutcome, PairLimits, PairState};
 
 /// How many pairs of users cross their requests at once in each round.
@@ -128,6 +129,30 @@ fn tally(
         "round {round}: exactly the limit's worth of requests is stored"
     );
     stored
+}
+
+/// Two users attaching at once with one fingerprint: exactly one is admitted, the other is
+/// `FingerprintTaken`.
+pub async fn concurrent_attaches_of_two_users_with_one_fingerprint_admit_one(
+    store: &dyn UsersAndBroker,
+) {
+    for round in 0..RACE_ROUNDS {
+        let (alice, bob) = (user(store, "Alice").await, user(store, "Bob").await);
+        let first = attachment(alice, Uuid::new_v4(), b"a");
+        let mut second = attachment(bob, Uuid::new_v4(), b"b");
+        second.fingerprint = first.fingerprint;
+        let outcomes = join_all([
+            store.attach(first.clone(), at(1)),
+            store.attach(second.clone(), at(1)),
+        ])
+        .await;
+        let admitted = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+        let taken = outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome, Err(StoreError::FingerprintTaken)))
+            .count();
+        assert_eq!((admitted, taken), (1, 1), "round {round}: {outcomes:?}");
+    }
 }
 
 /// Ten attaches of one user at once: each supersedes a different one (the first none), so every

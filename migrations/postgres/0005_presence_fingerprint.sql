@@ -1,0 +1,9 @@
+-- A certificate fingerprint belongs to one online user: the broker refuses a Hello announcing a
+-- fingerprint another live attachment announced (peers pin fingerprints, and map incoming
+-- connections to users by them). Rows written before this migration have none (NULL). The
+-- unique index also settles two concurrent attaches with one fingerprint.
+ALTER TABLE broker_presence ADD COLUMN fingerprint BYTEA
+    CHECK (fingerprint IS NULL OR octet_length(fingerprint) = 32);
+
+CREATE UNIQUE INDEX broker_presence_fingerprint ON broker_presence (fingerprint)
+    WHERE detached_at IS NULL AND fingerprint IS NOT NULL;
