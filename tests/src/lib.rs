@@ -6,6 +6,7 @@
 //! with a message elsewhere (see `rally_store_postgres::testing::TempDatabase`).
 
 pub mod lab;
+pub mod mitm;
 pub mod pki;
 
 use std::net::SocketAddr;

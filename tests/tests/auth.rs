@@ -130,11 +130,12 @@ async fn with_a_token_calls_reach_the_services() {
     let session = device_session(&server, "device-with-token-0001").await;
     for (call, code) in every_protected_call(&server, Some(&session.access_token)).await {
         // Past authentication each call meets its service: default (empty) requests are refused
-        // for what they are (an Attach stream whose first message is not a Hello included).
+        // for what they are (an Attach stream whose first message has no body included).
         let expected = match call {
-            "Rooms/CreateRoom" | "Rooms/WatchRoom" | "Identity/GetUser" => Code::InvalidArgument,
+            "Rooms/CreateRoom" | "Rooms/WatchRoom" | "Identity/GetUser" | "Broker/Attach" => {
+                Code::InvalidArgument
+            }
             "Matchmaking/Enqueue" => Code::NotFound,
-            "Broker/Attach" => Code::FailedPrecondition,
             _ => Code::Ok,
         };
         assert_eq!(code, expected, "{call} with a valid token");
