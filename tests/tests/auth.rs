@@ -105,12 +105,13 @@ async fn every_protected_call(
             code_of(identity.get_account(GetAccountRequest {}).await),
         ),
         (
-            "Identity/Logout",
-            code_of(identity.logout(LogoutRequest::default()).await),
-        ),
-        (
             "Identity/GetUser",
             code_of(identity.get_user(GetUserRequest::default()).await),
+        ),
+        // Last: it ends the session, and every later call of the token is refused.
+        (
+            "Identity/Logout",
+            code_of(identity.logout(LogoutRequest::default()).await),
         ),
     ]
 }
