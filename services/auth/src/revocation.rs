@@ -386,10 +386,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?;
+        // An answer whose status is in its headers (a refused call: "trailers-only") has no
+        // stream to end.
+        let end = match response.headers().contains_key("grpc-status") {
+            true => None,
+            false => this.end.take(),
+        };
         let (parts, body) = response.into_parts();
         let body = SessionBody {
             inner: body,
-            end: this.end.take(),
+            end,
             finished: false,
         };
         Poll::Ready(Ok(http::Response::from_parts(parts, body)))
@@ -453,7 +459,7 @@ impl<B: Body> Body for SessionBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || (self.end.is_none() && self.inner.is_end_stream())
+        self.finished || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
