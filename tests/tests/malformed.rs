@@ -8,10 +8,7 @@ use futures::StreamExt;
 use http::uri::PathAndQuery;
 use rally_e2e::{Backend, TestServer};
 use rally_proto::broker::v1::attach_response::Body;
-use rally_proto::broker::v1::{
-    AttachResponse, Candidate, CandidateKind, ErrorCode, Hello, NatType, Ping, RelayPolicy,
-    SocketAddress,
-};
+use rally_proto::broker::v1::{AttachResponse, ErrorCode, Hello, Ping};
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
 
@@ -95,20 +92,7 @@ async fn a_malformed_signal_is_answered_with_an_error_and_the_attachment_goes_on
     let server = TestServer::start(Backend::Sqlite).await.expect("SQLite");
     let user = server.user("utf8-attach").await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<RawAttachRequest>();
-    let hello = Hello {
-        certificate_fingerprint: vec![0x7E; 32],
-        candidates: vec![Candidate {
-            kind: CandidateKind::Host as i32,
-            address: Some(SocketAddress {
-                ip: "127.0.0.1".into(),
-                port: 4000,
-            }),
-            priority: 100,
-        }],
-        relay_policy: RelayPolicy::Fallback as i32,
-        nat_type: NatType::Moderate as i32,
-        client_version: "rally-e2e/0".into(),
-    };
+    let hello = rally_e2e::fixtures::hello(0x7E);
     tx.send(RawAttachRequest {
         request_id: 1,
         hello: Some(hello),

@@ -126,20 +126,7 @@ async fn attach(
     let (tx, rx) = mpsc::unbounded_channel();
     tx.send(AttachRequest {
         request_id: 1,
-        body: Some(Req::Hello(Hello {
-            certificate_fingerprint: vec![fingerprint; 32],
-            candidates: vec![Candidate {
-                kind: CandidateKind::Host as i32,
-                address: Some(SocketAddress {
-                    ip: "127.0.0.1".into(),
-                    port: 4000,
-                }),
-                priority: 100,
-            }],
-            relay_policy: RelayPolicy::Fallback as i32,
-            nat_type: NatType::Moderate as i32,
-            client_version: "rally-e2e/0".into(),
-        })),
+        body: Some(Req::Hello(rally_e2e::fixtures::hello(fingerprint))),
     })
     .expect("queue the Hello");
     let mut stream = BrokerClient::with_interceptor(server.channel().await, bearer(token))
@@ -440,13 +427,7 @@ async fn the_sdk_keeps_its_attachment_and_watch_across_token_lifetimes() {
         .watch(&room.room_id, None)
         .await
         .expect("watch");
-    let announcement = rally_client::broker::Announcement {
-        fingerprint: [0xD4; 32],
-        candidates: Vec::new(),
-        relay_policy: RelayPolicy::Fallback,
-        nat_type: NatType::Moderate,
-    };
-    let (link, mut events) = BrokerLink::attach(&session, announcement)
+    let (link, mut events) = BrokerLink::attach(&session, rally_e2e::fixtures::announcement(0xD4))
         .await
         .expect("attach");
     assert!(matches!(

@@ -4,10 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use rally_client::broker::Announcement;
-use rally_client::proto::broker::v1::{
-    Candidate, CandidateKind, NatType, RelayPolicy, SocketAddress,
-};
 use rally_client::{BrokerEvent, BrokerLink, Error, Rally, RallyConfig, ServerTrust};
 use rally_e2e::pki::{TestCa, TlsFolder, Validity};
 use rally_e2e::{Backend, TestServer};
@@ -65,9 +61,10 @@ async fn the_sdk_signs_in_and_attaches_over_tls_with_a_self_hosted_ca() {
             .device_login(&format!("tls-device-{host}-0123456789"), "Ada")
             .await
             .expect("sign in over TLS");
-        let (link, mut events) = BrokerLink::attach(&session, announcement(0xA1))
-            .await
-            .expect("attach over TLS");
+        let (link, mut events) =
+            BrokerLink::attach(&session, rally_e2e::fixtures::announcement(0xA1))
+                .await
+                .expect("attach over TLS");
         assert!(matches!(
             next(&mut events).await,
             BrokerEvent::Attached { .. }
@@ -156,7 +153,7 @@ async fn a_renewed_certificate_reaches_new_connections_while_an_open_attachment_
         .device_login("tls-rotation-0123456789", "Ada")
         .await
         .expect("sign in");
-    let (link, mut events) = BrokerLink::attach(&session, announcement(0xA1))
+    let (link, mut events) = BrokerLink::attach(&session, rally_e2e::fixtures::announcement(0xA1))
         .await
         .expect("attach");
     assert!(matches!(
@@ -245,22 +242,6 @@ async fn probes_reach_a_plaintext_health_listener_that_serves_nothing_else() {
         "{error:?}"
     );
     server.stop().await;
-}
-
-fn announcement(fingerprint: u8) -> Announcement {
-    Announcement {
-        fingerprint: [fingerprint; 32],
-        candidates: vec![Candidate {
-            kind: CandidateKind::Host as i32,
-            address: Some(SocketAddress {
-                ip: "127.0.0.1".into(),
-                port: 4000,
-            }),
-            priority: 100,
-        }],
-        relay_policy: RelayPolicy::Fallback,
-        nat_type: NatType::Moderate,
-    }
 }
 
 async fn next(events: &mut tokio::sync::mpsc::Receiver<BrokerEvent>) -> BrokerEvent {
