@@ -160,9 +160,13 @@ fn reauth_deadline(broker: &Broker, expires_at: i64) -> i64 {
     expires_at.saturating_mul(1000).saturating_add(grace)
 }
 
-/// The same deadline on the runtime's clock.
+/// The same deadline on the runtime's clock, 25 hours away at the most (tokens live a day at
+/// most, the grace an hour), so that the instant cannot overflow.
 fn deadline_instant(unix_millis: i64) -> tokio::time::Instant {
-    let left = u64::try_from(unix_millis.saturating_sub(now())).unwrap_or(0);
+    const AT_MOST_MS: u64 = 25 * 3600 * 1000;
+    let left = u64::try_from(unix_millis.saturating_sub(now()))
+        .unwrap_or(0)
+        .min(AT_MOST_MS);
     tokio::time::Instant::now() + std::time::Duration::from_millis(left)
 }
 
