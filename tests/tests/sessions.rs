@@ -286,11 +286,12 @@ async fn a_reused_refresh_token_ends_its_sessions_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attachment_ends_when_its_token_expires_unless_it_reauthenticates() {
+    // 3 s tokens re-authenticated every second: at least a second of slack on a loaded machine.
     let server = TestServer::start_with(
         Backend::Sqlite,
         &[
             "--access-token-ttl-secs",
-            "2",
+            "3",
             "--broker-reauth-grace-ms",
             "300",
         ],
@@ -317,7 +318,7 @@ async fn an_attachment_ends_when_its_token_expires_unless_it_reauthenticates() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("Reauthenticate"), "{status:?}");
 
-    // Re-authenticated with each refreshed token: alive after three lifetimes.
+    // Re-authenticated with each refreshed token: alive after two lifetimes.
     let mut current = sign_in(&server, &device).await;
     let (tx, mut stream, _) = attach(&server, &current.access_token, 0xC3).await;
     let stranger = sign_in(
@@ -392,13 +393,15 @@ async fn an_attachment_ends_when_its_token_expires_unless_it_reauthenticates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_keeps_its_attachment_and_watch_across_token_lifetimes() {
     use rally_client::{BrokerEvent, BrokerLink};
+    // 3 s tokens and 2 s of grace: without re-authentication the attachment would end within
+    // 5 s, well inside the 10 s watched below.
     let server = TestServer::start_with(
         Backend::Sqlite,
         &[
             "--access-token-ttl-secs",
-            "2",
+            "3",
             "--broker-reauth-grace-ms",
-            "300",
+            "2000",
         ],
     )
     .await
@@ -434,7 +437,7 @@ async fn the_sdk_keeps_its_attachment_and_watch_across_token_lifetimes() {
         tokio::time::timeout(WAIT, events.recv()).await,
         Ok(Some(BrokerEvent::Attached { .. }))
     ));
-    // Three token lifetimes and past the watch's first expiry (3 s and 5 s of leeway): nothing
+    // Three token lifetimes, and past the watch's first expiry (3 s and 5 s of leeway): nothing
     // may detach.
     let quiet = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
     assert!(quiet.is_err(), "the link reported {quiet:?}");
