@@ -1,19 +1,20 @@
 //! Rate limits on sign-in attempts, per username and per peer address, in bounded memory.
 //!
-//! Two keyed GCRA limiters (the `governor` crate). Every Register, Login and DeviceLogin attempt
-//! counts, successful or not. Memory is bounded by `max_tracked_keys` per limiter: when a limiter
-//! is full, keys that are back at full quota are forgotten (at most once a second); if it is still
-//! full, new attempts are refused until it drains. Under a flood of distinct usernames the service
-//! therefore fails closed for sign-ins instead of growing without bound.
+//! Two keyed GCRA limiters (the algorithm of the `governor` crate: a theoretical arrival time per
+//! key), each over an LRU table of at most `max_tracked_keys` keys (the `lru` crate). Every
+//! Register, Login and DeviceLogin attempt counts, successful or not. A full table forgets the
+//! key seen least recently, which comes back, if ever, with a fresh quota: a flood of distinct
+//! usernames or addresses costs the flooder its own quota only and never locks anyone else out.
+//! IPv6 addresses count per /64 (one host usually holds a whole /64), IPv4-mapped IPv6 addresses
+//! as their IPv4 address.
 
 use std::hash::Hash;
-use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use lru::LruCache;
 
 use crate::IdentityError;
 
@@ -22,7 +23,7 @@ use crate::IdentityError;
 pub struct ThrottleConfig {
     /// Attempts per minute allowed for one username (also the burst).
     pub per_username_per_minute: NonZeroU32,
-    /// Attempts per minute allowed from one peer IP address (also the burst).
+    /// Attempts per minute allowed from one peer IP address, or one IPv6 /64 (also the burst).
     pub per_address_per_minute: NonZeroU32,
     /// How many usernames, and how many addresses, are tracked at most.
     pub max_tracked_keys: usize,
@@ -38,57 +39,66 @@ impl Default for ThrottleConfig {
     }
 }
 
-struct Bounded<K: Hash + Eq + Clone> {
-    limiter: DefaultKeyedRateLimiter<K>,
-    max_keys: usize,
-    last_sweep: Mutex<Option<Instant>>,
+/// One keyed limiter: `per_minute` attempts a minute, all of them at once at most.
+struct Bounded<K: Hash + Eq> {
+    /// Each key's theoretical arrival time: the next attempt conforms from `tat - tolerance`.
+    table: Mutex<LruCache<K, Instant>>,
+    /// The time one attempt costs.
+    interval: Duration,
+    /// How far ahead of its theoretical arrival an attempt may come (the burst).
+    tolerance: Duration,
     scope: &'static str,
 }
 
-impl<K: Hash + Eq + Clone> Bounded<K> {
+impl<K: Hash + Eq> Bounded<K> {
     fn new(per_minute: NonZeroU32, max_keys: usize, scope: &'static str) -> Self {
+        let interval = Duration::from_secs(60) / per_minute.get();
         Self {
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            max_keys: max_keys.max(1),
-            last_sweep: Mutex::new(None),
+            table: Mutex::new(LruCache::new(
+                NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN),
+            )),
+            interval,
+            tolerance: interval * (per_minute.get() - 1),
             scope,
         }
     }
 
-    fn check(&self, key: &K) -> Result<(), IdentityError> {
-        if self.limiter.len() >= self.max_keys {
-            self.sweep();
-            if self.limiter.len() >= self.max_keys {
-                return Err(IdentityError::Throttled {
-                    scope: self.scope,
-                    retry_after: Duration::from_secs(1),
-                });
-            }
-        }
-        self.limiter.check_key(key).map_err(|not_until| {
-            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
-            IdentityError::Throttled {
+    fn check(&self, key: K, now: Instant) -> Result<(), IdentityError> {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let tat = table.get(&key).copied().unwrap_or(now).max(now);
+        let earliest = tat.checked_sub(self.tolerance).unwrap_or(now);
+        if now < earliest {
+            return Err(IdentityError::Throttled {
                 scope: self.scope,
-                retry_after,
-            }
-        })
-    }
-
-    fn sweep(&self) {
-        let Ok(mut last) = self.last_sweep.lock() else {
-            return;
-        };
-        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
-            return;
+                retry_after: earliest - now,
+            });
         }
-        *last = Some(Instant::now());
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        // A full table forgets the least recently seen key.
+        table.put(key, tat + self.interval);
+        Ok(())
     }
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.limiter.len()
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// The key an address is limited by: IPv4 as it is (also when mapped into IPv6), IPv6 by its
+/// /64 network.
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
     }
 }
 
@@ -121,11 +131,20 @@ impl SignInThrottle {
         address: Option<IpAddr>,
         username: Option<&str>,
     ) -> Result<(), IdentityError> {
+        self.attempt_at(address, username, Instant::now())
+    }
+
+    fn attempt_at(
+        &self,
+        address: Option<IpAddr>,
+        username: Option<&str>,
+        now: Instant,
+    ) -> Result<(), IdentityError> {
         if let Some(address) = address {
-            self.addresses.check(&address)?;
+            self.addresses.check(address_key(address), now)?;
         }
         if let Some(username) = username {
-            self.usernames.check(&username.to_owned())?;
+            self.usernames.check(username.to_owned(), now)?;
         }
         Ok(())
     }
@@ -181,15 +200,67 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded_under_a_flood_of_distinct_usernames() {
+    fn a_flood_of_distinct_usernames_stays_bounded_and_locks_nobody_out() {
         let throttle = SignInThrottle::new(config(5, 1_000_000, 1000));
-        let mut refused = 0;
+        throttle
+            .attempt(None, Some("alice"))
+            .expect("alice's first try");
         for i in 0..10_000 {
-            if throttle.attempt(None, Some(&format!("user{i}"))).is_err() {
-                refused += 1;
-            }
+            throttle
+                .attempt(None, Some(&format!("user{i}")))
+                .expect("a new key always gets its quota");
         }
-        assert!(throttle.usernames.tracked() <= 1000);
-        assert!(refused > 0, "a full limiter must refuse new keys");
+        assert_eq!(
+            throttle.usernames.tracked(),
+            1000,
+            "the oldest were forgotten"
+        );
+        throttle
+            .attempt(None, Some("a new player"))
+            .expect("a full table does not refuse everyone");
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let throttle = SignInThrottle::new(config(1000, 2, 100));
+        let one: IpAddr = "2001:db8:1:2::1".parse().expect("v6");
+        let same_64: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().expect("v6");
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
+        throttle.attempt(Some(one), None).expect("1");
+        throttle.attempt(Some(same_64), None).expect("2");
+        assert!(
+            throttle.attempt(Some(same_64), None).is_err(),
+            "the /64 shares one budget"
+        );
+        throttle
+            .attempt(Some(other_64), None)
+            .expect("another /64 has its own");
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("mapped");
+        throttle.attempt(Some(v4), None).expect("1");
+        throttle.attempt(Some(mapped), None).expect("2");
+        assert!(throttle.attempt(Some(v4), None).is_err(), "one address");
+    }
+
+    #[test]
+    fn a_spent_quota_comes_back_one_attempt_per_interval() {
+        let throttle = SignInThrottle::new(config(6, 1000, 100));
+        let start = Instant::now();
+        for _ in 0..6 {
+            throttle
+                .attempt_at(None, Some("alice"), start)
+                .expect("the burst");
+        }
+        match throttle.attempt_at(None, Some("alice"), start) {
+            Err(IdentityError::Throttled { retry_after, .. }) => {
+                assert_eq!(retry_after, Duration::from_secs(10), "60 s / 6")
+            }
+            other => panic!("expected Throttled, got {other:?}"),
+        }
+        let later = start + Duration::from_secs(10);
+        throttle
+            .attempt_at(None, Some("alice"), later)
+            .expect("one more after an interval");
+        assert!(throttle.attempt_at(None, Some("alice"), later).is_err());
     }
 }

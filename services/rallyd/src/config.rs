@@ -194,7 +194,7 @@ pub struct Config {
     #[arg(long, env = "RALLY_SIGNIN_PER_USERNAME_PER_MINUTE", default_value_t = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))]
     pub signin_per_username_per_minute: NonZeroU32,
 
-    /// Sign-in attempts allowed per client IP address per minute.
+    /// Sign-in attempts allowed per client IP address (per /64 for IPv6) per minute.
     #[arg(long, env = "RALLY_SIGNIN_PER_ADDRESS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
     pub signin_per_address_per_minute: NonZeroU32,
 
