@@ -23,8 +23,19 @@ use crate::{Config, Database, RallydError, ServiceKind};
 const IDENTITY_MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// The longest access-token lifetime `--access-token-ttl-secs` allows.
 const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 24 * 3600;
-/// Most concurrent calls on one client connection.
-const MAX_CALLS_PER_CONNECTION: usize = 256;
+/// Most concurrent calls on one client connection: announced to clients as HTTP/2's
+/// SETTINGS_MAX_CONCURRENT_STREAMS (a client opening more is refused by the protocol), and
+/// enforced again per connection by tower.
+const MAX_CALLS_PER_CONNECTION: u32 = 256;
+/// Streams a client may reset before the server accepted them, and ones the server may reset
+/// for a client's protocol errors, before the connection is closed (HTTP/2 "rapid reset").
+const MAX_PENDING_RESETS: usize = 20;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Largest request header block (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`): metadata, a token.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Largest health request (a service name) and reflection request (a symbol or file name).
+const HEALTH_MAX_MESSAGE_BYTES: usize = 1024;
+const REFLECTION_MAX_MESSAGE_BYTES: usize = 4 * 1024;
 
 /// A running `rallyd`.
 pub struct Running {
@@ -333,8 +344,16 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
     let reflection_error = |e: tonic_reflection::server::Error| {
         RallydError::Server(format!("building reflection: {e}"))
     };
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    // Public services: small requests only (tonic's default decode limit is 4 MiB).
+    let health_service = health_service.max_decoding_message_size(HEALTH_MAX_MESSAGE_BYTES);
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(reflection_error)?
+        .max_decoding_message_size(REFLECTION_MAX_MESSAGE_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(reflection_error)?
+        .max_decoding_message_size(REFLECTION_MAX_MESSAGE_BYTES);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -379,7 +398,11 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .max_concurrent_streams(MAX_CALLS_PER_CONNECTION)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION as usize)
         // Outermost, so that calls the authentication layer refuses are measured too.
         .layer(RpcTelemetryLayer::new(&[
             rally_proto::FILE_DESCRIPTOR_SET,
