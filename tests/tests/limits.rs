@@ -92,3 +92,38 @@ async fn public_services_decode_only_small_requests() {
     assert!(answer.is_some(), "a small request is answered");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_address_cap_are_closed() {
+    let server = TestServer::start_with(Backend::Sqlite, &["--max-connections-per-address", "2"])
+        .await
+        .expect("SQLite");
+    let health = |channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+    };
+    let url = format!("http://{}", server.addr());
+    let first = rally_client::connect(&url).await.expect("first");
+    let second = rally_client::connect(&url).await.expect("second");
+    health(first.clone())
+        .await
+        .expect("the first connection serves");
+    health(second.clone())
+        .await
+        .expect("the second connection serves");
+    let third = match rally_client::connect(&url).await {
+        Err(error) => Some(error),
+        Ok(channel) => health(channel).await.err().map(rally_client::Error::from),
+    };
+    assert!(
+        matches!(third, Some(rally_client::Error::Unreachable(_))),
+        "a third connection from the same address: {third:?}"
+    );
+    // The first two go on.
+    health(first).await.expect("the first still serves");
+    health(second).await.expect("the second still serves");
+    server.stop().await;
+}

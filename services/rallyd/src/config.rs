@@ -72,6 +72,19 @@ pub struct Config {
     #[arg(long, env = "RALLY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
+    /// Most gRPC connections open at once; more are closed as they arrive.
+    #[arg(long, env = "RALLY_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Most gRPC connections open at once from one client address (one IPv6 /64). Players
+    /// behind one carrier-grade NAT share an address: keep it generous.
+    #[arg(
+        long,
+        env = "RALLY_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_address: usize,
+
     /// Serve plaintext gRPC on a non-loopback `--listen` address. Without TLS, the certificate
     /// fingerprints peers pin travel in clear, so anyone on the path can sit between two
     /// players: only for a private network or behind a proxy that terminates TLS.
@@ -263,6 +276,11 @@ impl Config {
                 "--broker-keepalive-ms must be 100 to 600000".into(),
             ));
         }
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            return Err(RallydError::Config(
+                "--max-connections and --max-connections-per-address must be at least 1".into(),
+            ));
+        }
         if self.broker_reauth_grace_ms > 3600 * 1000 {
             return Err(RallydError::Config(
                 "--broker-reauth-grace-ms must be at most an hour".into(),
@@ -414,6 +432,11 @@ impl std::fmt::Debug for Config {
             .field("tls_key_file", &self.tls_key_file)
             .field("allow_plaintext", &self.allow_plaintext)
             .field("health_listen", &self.health_listen)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
             .field("relay_listen", &self.relay_listen)
             .field("data_dir", &self.data_dir)
             .field(

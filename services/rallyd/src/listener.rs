@@ -6,11 +6,14 @@
 //! answer of a few hundred bytes waits for the client's delayed ACK (about 40 ms, Nagle).
 //!
 //! TLS handshakes run in their own tasks, bounded in number and time, so a slow or silent client
-//! holds up nobody else. Not here: HTTP/2 or any gRPC.
+//! holds up nobody else. Connections are capped in all and per client address (IPv6 per /64):
+//! one past a cap is closed at once. Not here: HTTP/2 or any gRPC.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,8 +33,83 @@ const MAX_HANDSHAKES: usize = 256;
 /// Pause after an accept error (out of file descriptors) before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// An accepted connection, plain or TLS.
-pub(crate) enum ServerIo {
+/// Caps on open connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnectionLimits {
+    /// Connections open at once, in all.
+    pub(crate) total: usize,
+    /// Connections open at once from one address (one IPv6 /64).
+    pub(crate) per_address: usize,
+}
+
+/// The connections open now, in all and by address; a [`Slot`] holds one.
+#[derive(Debug)]
+struct Open {
+    limits: ConnectionLimits,
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open connection's place in [`Open`]; dropping it frees the place.
+pub(crate) struct Slot {
+    open: Arc<Open>,
+    key: IpAddr,
+}
+
+impl Open {
+    /// A place for a connection from `address`, or `None` past a cap.
+    fn take(self: &Arc<Self>, address: IpAddr) -> Option<Slot> {
+        let key = address_key(address);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let from_here = counts.1.get(&key).copied().unwrap_or(0);
+        if counts.0 >= self.limits.total || from_here >= self.limits.per_address {
+            return None;
+        }
+        counts.0 += 1;
+        counts.1.insert(key, from_here + 1);
+        Some(Slot {
+            open: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .open
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        counts.0 = counts.0.saturating_sub(1);
+        if let Some(count) = counts.1.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.1.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The address a connection counts against: IPv4 as it is (also when mapped into IPv6), IPv6 by
+/// its /64 network (one host usually holds a whole /64).
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// An accepted connection, plain or TLS, with its place among the open ones.
+pub(crate) struct ServerIo {
+    stream: Stream,
+    _slot: Slot,
+}
+
+/// The byte stream of an accepted connection.
+enum Stream {
     /// Plaintext (loopback, or `--allow-plaintext`).
     Plain(TcpStream),
     /// TLS 1.3.
@@ -42,9 +120,9 @@ impl Connected for ServerIo {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        let tcp = match self {
-            ServerIo::Plain(tcp) => tcp,
-            ServerIo::Tls(tls) => tls.get_ref().0,
+        let tcp = match &self.stream {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
         };
         TcpConnectInfo {
             local_addr: tcp.local_addr().ok(),
@@ -59,9 +137,9 @@ impl AsyncRead for ServerIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -72,9 +150,9 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -83,49 +161,56 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().stream {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            ServerIo::Plain(tcp) => tcp.is_write_vectored(),
-            ServerIo::Tls(tls) => tls.is_write_vectored(),
+        match &self.stream {
+            Stream::Plain(tcp) => tcp.is_write_vectored(),
+            Stream::Tls(tls) => tls.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
 /// Accepts connections on `listener` until `stop` or until the returned stream is dropped;
-/// sets `TCP_NODELAY` on each and, with `tls`, completes its handshake before handing it on.
+/// closes those past `limits`, sets `TCP_NODELAY` on the others and, with `tls`, completes
+/// their handshake before handing them on.
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
     stop: CancellationToken,
 ) -> ReceiverStream<io::Result<ServerIo>> {
     let (accepted, incoming) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, tls, accepted, stop));
+    let open = Arc::new(Open {
+        limits,
+        counts: Mutex::new((0, HashMap::new())),
+    });
+    tokio::spawn(accept_loop(listener, tls, open, accepted, stop));
     ReceiverStream::new(incoming)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    open: Arc<Open>,
     accepted: mpsc::Sender<io::Result<ServerIo>>,
     stop: CancellationToken,
 ) {
@@ -155,12 +240,21 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(slot) = open.take(remote.ip()) else {
+            // Dropping the socket closes it: the client sees the connection refused at once.
+            tracing::debug!(%remote, "connection past the limits closed");
+            continue;
+        };
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, %remote, "cannot set TCP_NODELAY");
         }
         match &tls {
             None => {
-                if accepted.send(Ok(ServerIo::Plain(tcp))).await.is_err() {
+                let io = ServerIo {
+                    stream: Stream::Plain(tcp),
+                    _slot: slot,
+                };
+                if accepted.send(Ok(io)).await.is_err() {
                     return;
                 }
             }
@@ -171,7 +265,11 @@ async fn accept_loop(
                     let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let _ = accepted.send(Ok(ServerIo::Tls(Box::new(stream)))).await;
+                            let io = ServerIo {
+                                stream: Stream::Tls(Box::new(stream)),
+                                _slot: slot,
+                            };
+                            let _ = accepted.send(Ok(io)).await;
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%error, %remote, "TLS handshake failed");
@@ -197,21 +295,52 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let stop = CancellationToken::new();
-        let mut accepted = incoming(listener, None, stop.clone());
+        let mut accepted = incoming(listener, None, ROOMY, stop.clone());
         let client = TcpStream::connect(address).await.expect("connect");
         let io = tokio::time::timeout(Duration::from_secs(10), accepted.next())
             .await
             .expect("accepted in time")
             .expect("the stream goes on")
             .expect("no accept error");
-        let ServerIo::Plain(tcp) = io else {
+        assert_eq!(
+            io.connect_info().remote_addr,
+            Some(client.local_addr().expect("client address"))
+        );
+        let Stream::Plain(tcp) = &io.stream else {
             panic!("plaintext without a TLS acceptor");
         };
         assert!(tcp.nodelay().expect("read TCP_NODELAY"), "Nagle is on");
-        assert_eq!(
-            ServerIo::Plain(tcp).connect_info().remote_addr,
-            Some(client.local_addr().expect("client address"))
-        );
         stop.cancel();
+    }
+
+    const ROOMY: ConnectionLimits = ConnectionLimits {
+        total: 100,
+        per_address: 100,
+    };
+
+    #[test]
+    fn places_are_capped_in_all_and_per_address_and_freed_on_drop() {
+        let open = Arc::new(Open {
+            limits: ConnectionLimits {
+                total: 3,
+                per_address: 2,
+            },
+            counts: Mutex::new((0, HashMap::new())),
+        });
+        let one: IpAddr = "2001:db8::1".parse().expect("v6");
+        let same_64: IpAddr = "2001:db8::ffff".parse().expect("v6");
+        let other: IpAddr = [192, 0, 2, 1].into();
+        let a = open.take(one).expect("first");
+        let b = open.take(same_64).expect("second of the /64");
+        assert!(open.take(one).is_none(), "the /64 is at its cap");
+        let c = open.take(other).expect("another address");
+        assert!(
+            open.take([192, 0, 2, 2].into()).is_none(),
+            "the total is at its cap"
+        );
+        drop(a);
+        let d = open.take(one).expect("a freed place is taken again");
+        drop((b, c, d));
+        assert_eq!(*open.counts.lock().expect("lock"), (0, HashMap::new()));
     }
 }

@@ -387,7 +387,11 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
         None => None,
     };
-    let incoming = crate::listener::incoming(listener, acceptor, shutdown.clone());
+    let limits = crate::listener::ConnectionLimits {
+        total: config.max_connections,
+        per_address: config.max_connections_per_address,
+    };
+    let incoming = crate::listener::incoming(listener, acceptor, limits, shutdown.clone());
     let health_addr = match config.health_listen {
         Some(address) => Some(serve_health(address, health_service.clone(), &shutdown).await?),
         None => None,
@@ -526,7 +530,12 @@ where
         what: "reading the bound health address".into(),
         source,
     })?;
-    let incoming = crate::listener::incoming(listener, None, shutdown.clone());
+    // Probes and a few operators: a handful of connections.
+    let limits = crate::listener::ConnectionLimits {
+        total: 64,
+        per_address: 16,
+    };
+    let incoming = crate::listener::incoming(listener, None, limits, shutdown.clone());
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(8)
         .add_service(health);

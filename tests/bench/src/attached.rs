@@ -41,11 +41,14 @@ const SPARE_FILES: usize = 512;
 const MAX_STREAMS_PER_CONNECTION: usize = 150;
 
 /// The child's rallyd flags, besides its addresses and data directory: a keepalive long enough
-/// that idle clients need not ping during the run, and the sign-in limit per address raised.
-const FLAGS: [&str; 4] = [
+/// that idle clients need not ping during the run, and the sign-in and connection limits per
+/// address raised (every client comes from 127.0.0.1).
+const FLAGS: [&str; 6] = [
     "--broker-keepalive-ms",
     "600000",
     "--signin-per-address-per-minute",
+    "1000000",
+    "--max-connections-per-address",
     "1000000",
 ];
 
