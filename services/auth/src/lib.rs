@@ -11,12 +11,14 @@
 //! This crate knows nothing about accounts or storage.
 
 mod caller;
+mod client_address;
 mod keys;
 mod layer;
 pub mod revocation;
 mod token;
 
 pub use caller::Caller;
+pub use client_address::limit_key;
 pub use keys::{KeyError, KeyRing, SigningKey, check_private_file, write_private};
 pub use layer::{AuthLayer, AuthService, PublicMethods};
 pub use revocation::{SessionEnds, SessionLayer, StreamLife};

@@ -9,7 +9,7 @@
 //! as their IPv4 address.
 
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -87,21 +87,6 @@ impl<K: Hash + Eq> Bounded<K> {
     }
 }
 
-/// The key an address is limited by: IPv4 as it is (also when mapped into IPv6), IPv6 by its
-/// /64 network.
-fn address_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(prefix))
-            }
-        },
-    }
-}
-
 /// The sign-in limiter.
 pub(crate) struct SignInThrottle {
     usernames: Bounded<String>,
@@ -141,7 +126,7 @@ impl SignInThrottle {
         now: Instant,
     ) -> Result<(), IdentityError> {
         if let Some(address) = address {
-            self.addresses.check(address_key(address), now)?;
+            self.addresses.check(rally_auth::limit_key(address), now)?;
         }
         if let Some(username) = username {
             self.usernames.check(username.to_owned(), now)?;

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -58,7 +58,7 @@ pub(crate) struct Slot {
 impl Open {
     /// A place for a connection from `address`, or `None` past a cap.
     fn take(self: &Arc<Self>, address: IpAddr) -> Option<Slot> {
-        let key = address_key(address);
+        let key = rally_auth::limit_key(address);
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let from_here = counts.1.get(&key).copied().unwrap_or(0);
         if counts.0 >= self.limits.total || from_here >= self.limits.per_address {
@@ -87,18 +87,6 @@ impl Drop for Slot {
                 counts.1.remove(&self.key);
             }
         }
-    }
-}
-
-/// The address a connection counts against: IPv4 as it is (also when mapped into IPv6), IPv6 by
-/// its /64 network (one host usually holds a whole /64).
-fn address_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
     }
 }
 
