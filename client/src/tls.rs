@@ -23,9 +23,9 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::{Error, Result};
 
@@ -256,69 +256,8 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
-/// A connection to `rallyd`, plain or TLS.
-pub(crate) enum ClientIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            ClientIo::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientIo::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            ClientIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientIo::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            ClientIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientIo::Plain(tcp) => tcp.is_write_vectored(),
-            ClientIo::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            ClientIo::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            ClientIo::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection to `rallyd`: plain TCP, or TLS over it.
+pub(crate) type ClientIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Opens connections for a tonic channel: TCP with `TCP_NODELAY`, then TLS for `https://`.
 #[derive(Clone)]
@@ -360,7 +299,7 @@ impl tower::Service<http::Uri> for Connector {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let Some(tls) = tls else {
-                return Ok(TokioIo::new(ClientIo::Plain(tcp)));
+                return Ok(TokioIo::new(Either::Left(tcp)));
             };
             let name = ServerName::try_from(host).map_err(|e| {
                 ConnectFailure::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
@@ -374,7 +313,7 @@ impl tower::Service<http::Uri> for Connector {
                     None => ConnectFailure::Io(error),
                 }
             })?;
-            Ok(TokioIo::new(ClientIo::Tls(Box::new(stream))))
+            Ok(TokioIo::new(Either::Right(Box::new(stream))))
         })
     }
 }
@@ -382,6 +321,22 @@ impl tower::Service<http::Uri> for Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_connector_turns_nagle_off() {
+        use tower::Service as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let uri: http::Uri = format!("http://{}", listener.local_addr().expect("address"))
+            .parse()
+            .expect("a URI");
+        let io = Connector::new(None).call(uri).await.expect("connect");
+        let Either::Left(tcp) = io.into_inner() else {
+            panic!("plaintext without TLS");
+        };
+        assert!(tcp.nodelay().expect("read TCP_NODELAY"), "Nagle is on");
+    }
 
     #[test]
     fn pins_parse_with_or_without_separators() {

@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
@@ -96,21 +97,17 @@ pub(crate) struct ServerIo {
     _slot: Slot,
 }
 
-/// The byte stream of an accepted connection.
-enum Stream {
-    /// Plaintext (loopback, or `--allow-plaintext`).
-    Plain(TcpStream),
-    /// TLS 1.3.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// The byte stream of an accepted connection: plain TCP (loopback, or `--allow-plaintext`), or
+/// TLS 1.3 over it.
+type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 impl Connected for ServerIo {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
         let tcp = match &self.stream {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
+            Either::Left(tcp) => tcp,
+            Either::Right(tls) => tls.get_ref().0,
         };
         TcpConnectInfo {
             local_addr: tcp.local_addr().ok(),
@@ -125,10 +122,7 @@ impl AsyncRead for ServerIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
@@ -138,10 +132,7 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -149,31 +140,19 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.stream {
-            Stream::Plain(tcp) => tcp.is_write_vectored(),
-            Stream::Tls(tls) => tls.is_write_vectored(),
-        }
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -239,7 +218,7 @@ async fn accept_loop(
         match &tls {
             None => {
                 let io = ServerIo {
-                    stream: Stream::Plain(tcp),
+                    stream: Either::Left(tcp),
                     _slot: slot,
                 };
                 if accepted.send(Ok(io)).await.is_err() {
@@ -254,7 +233,7 @@ async fn accept_loop(
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let io = ServerIo {
-                                stream: Stream::Tls(Box::new(stream)),
+                                stream: Either::Right(Box::new(stream)),
                                 _slot: slot,
                             };
                             let _ = accepted.send(Ok(io)).await;
@@ -294,7 +273,7 @@ mod tests {
             io.connect_info().remote_addr,
             Some(client.local_addr().expect("client address"))
         );
-        let Stream::Plain(tcp) = &io.stream else {
+        let Either::Left(tcp) = &io.stream else {
             panic!("plaintext without a TLS acceptor");
         };
         assert!(tcp.nodelay().expect("read TCP_NODELAY"), "Nagle is on");
