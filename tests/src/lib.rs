@@ -235,22 +235,33 @@ pub struct TestUser {
 impl TestServer {
     /// Signs in a new anonymous user (device login) named `name`.
     pub async fn user(&self, name: &str) -> TestUser {
-        use rally_proto::identity::v1::{DeviceLoginRequest, identity_client::IdentityClient};
-        let session = IdentityClient::new(self.channel().await)
-            .device_login(DeviceLoginRequest {
-                device_id: format!("e2e-{name}-{}", uuid::Uuid::new_v4().simple()),
-                display_name: name.into(),
-            })
-            .await
-            .expect("device login")
-            .into_inner()
-            .session
-            .expect("session");
+        let device = format!("e2e-{name}-{}", uuid::Uuid::new_v4().simple());
+        let session = self.device_session(&device, name).await;
         TestUser {
             user_id: session.user.expect("user").user_id,
             access_token: session.access_token,
             name: name.into(),
         }
+    }
+
+    /// Signs in with `device` (the same device id reaches the same user, with a new session each
+    /// time); `display_name` is used when the account is created.
+    pub async fn device_session(
+        &self,
+        device: &str,
+        display_name: &str,
+    ) -> rally_proto::identity::v1::AuthSession {
+        use rally_proto::identity::v1::{DeviceLoginRequest, identity_client::IdentityClient};
+        IdentityClient::new(self.channel().await)
+            .device_login(DeviceLoginRequest {
+                device_id: device.into(),
+                display_name: display_name.into(),
+            })
+            .await
+            .expect("device login")
+            .into_inner()
+            .session
+            .expect("session")
     }
 
     /// A matchmaking client acting as `user`.

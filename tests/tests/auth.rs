@@ -38,16 +38,7 @@ fn now() -> i64 {
 }
 
 async fn device_session(server: &TestServer, device: &str) -> AuthSession {
-    IdentityClient::new(server.channel().await)
-        .device_login(DeviceLoginRequest {
-            device_id: device.into(),
-            display_name: String::new(),
-        })
-        .await
-        .expect("device login")
-        .into_inner()
-        .session
-        .expect("session")
+    server.device_session(device, "").await
 }
 
 /// Adds the access token when there is one.

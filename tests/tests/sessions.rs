@@ -13,9 +13,7 @@ use rally_proto::broker::v1::attach_response::Body;
 use rally_proto::broker::v1::broker_client::BrokerClient;
 use rally_proto::broker::v1::*;
 use rally_proto::identity::v1::identity_client::IdentityClient;
-use rally_proto::identity::v1::{
-    AuthSession, DeviceLoginRequest, GetAccountRequest, LogoutRequest, RefreshRequest,
-};
+use rally_proto::identity::v1::{AuthSession, GetAccountRequest, LogoutRequest, RefreshRequest};
 use rally_proto::rooms::v1::matchmaking_client::MatchmakingClient;
 use rally_proto::rooms::v1::rooms_client::RoomsClient;
 use rally_proto::rooms::v1::{
@@ -38,16 +36,7 @@ fn bearer(token: &str) -> rally_client::Bearer {
 
 /// Signs in with `device` (the same device id gives the same user, a new session each time).
 async fn sign_in(server: &TestServer, device: &str) -> AuthSession {
-    IdentityClient::new(server.channel().await)
-        .device_login(DeviceLoginRequest {
-            device_id: device.into(),
-            display_name: String::new(),
-        })
-        .await
-        .expect("device login")
-        .into_inner()
-        .session
-        .expect("a session")
+    server.device_session(device, "").await
 }
 
 async fn rooms(server: &TestServer, session: &AuthSession) -> RoomsClient<Authed> {
