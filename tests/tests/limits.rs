@@ -127,3 +127,155 @@ async fn connections_past_the_per_address_cap_are_closed() {
     health(second).await.expect("the second still serves");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_has_a_budget_of_writes_and_one_of_streams() {
+    use rally_proto::rooms::v1::{
+        CreateRoomRequest, GetRoomRequest, UpdateRoomDataRequest, WatchRoomRequest,
+    };
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            "--writes-per-user-per-minute",
+            "60",
+            "--write-burst",
+            "4",
+            "--streams-per-user-per-minute",
+            "60",
+            "--stream-burst",
+            "2",
+        ],
+    )
+    .await
+    .expect("SQLite");
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let mut rooms = server.rooms(&alice).await;
+    let room = rooms
+        .create_room(CreateRoomRequest {
+            capacity: 4,
+            ..Default::default()
+        })
+        .await
+        .expect("the first write")
+        .into_inner()
+        .room
+        .expect("room");
+    let update = |n: usize| UpdateRoomDataRequest {
+        room_id: room.room_id.clone(),
+        set: [("round".to_owned(), n.to_string())].into(),
+        ..Default::default()
+    };
+    for n in 0..3 {
+        rooms
+            .update_room_data(update(n))
+            .await
+            .expect("within the burst");
+    }
+    let refused = rooms
+        .update_room_data(update(3))
+        .await
+        .expect_err("the fifth write at once");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let retry_after: u64 = refused
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a retry-after-ms trailer");
+    assert!((1..=1000).contains(&retry_after), "{retry_after} ms");
+    // Reads are not writes, and Bob has his own budget.
+    rooms
+        .get_room(GetRoomRequest {
+            room_id: room.room_id.clone(),
+        })
+        .await
+        .expect("a read");
+    server
+        .rooms(&bob)
+        .await
+        .create_room(CreateRoomRequest {
+            capacity: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("Bob's write");
+
+    let watch = || WatchRoomRequest {
+        room_id: room.room_id.clone(),
+        after_sequence: None,
+    };
+    let first = rooms.watch_room(watch()).await.expect("a first stream");
+    let second = rooms.watch_room(watch()).await.expect("a second stream");
+    let refused = rooms
+        .watch_room(watch())
+        .await
+        .expect_err("a third stream at once");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("stream"), "{refused:?}");
+    drop((first, second));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_is_limited_per_address_before_the_database_and_per_session() {
+    use rally_proto::identity::v1::RefreshRequest;
+    use rally_proto::identity::v1::identity_client::IdentityClient;
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            "--refresh-per-address-per-minute",
+            "8",
+            "--refresh-per-session-per-minute",
+            "2",
+        ],
+    )
+    .await
+    .expect("SQLite");
+    let mut identity = IdentityClient::new(server.channel().await);
+    let random = || {
+        use base64::Engine;
+        let bytes: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    };
+    let mut refresh = async |token: String| {
+        identity
+            .refresh(RefreshRequest {
+                refresh_token: token,
+            })
+            .await
+            .map(|answer| answer.into_inner().session.expect("session").refresh_token)
+    };
+    for _ in 0..3 {
+        let refused = refresh(random()).await.expect_err("a random token");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    let mut token = server
+        .device_session("refresher-device-0001", "R")
+        .await
+        .refresh_token;
+    for _ in 0..2 {
+        token = refresh(token).await.expect("within the session's budget");
+    }
+    let refused = refresh(token.clone())
+        .await
+        .expect_err("a third refresh of one session at once");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("refreshes of this session"),
+        "{refused:?}"
+    );
+    for _ in 0..2 {
+        let refused = refresh(random()).await.expect_err("a random token");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    let refused = refresh(random())
+        .await
+        .expect_err("past the address's budget");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("refreshes from this address"),
+        "{refused:?}"
+    );
+    server.stop().await;
+}

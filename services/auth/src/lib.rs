@@ -14,6 +14,7 @@ mod caller;
 mod client_address;
 mod keys;
 mod layer;
+pub mod rate;
 pub mod revocation;
 mod token;
 
@@ -21,6 +22,7 @@ pub use caller::Caller;
 pub use client_address::limit_key;
 pub use keys::{KeyError, KeyRing, SigningKey, check_private_file, write_private};
 pub use layer::{AuthLayer, AuthService, PublicMethods};
+pub use rate::{KeyedRate, Rate, RateLayer, RateLimits};
 pub use revocation::{SessionEnds, SessionLayer, StreamLife};
 pub use token::{AccessToken, Claims, TokenError, TokenIssuer, TokenVerifier};
 

@@ -24,10 +24,11 @@ pub enum IdentityError {
     /// The refresh token was refused.
     #[error("{0}")]
     RefreshRefused(&'static str),
-    /// Too many sign-in attempts.
-    #[error("too many sign-in attempts {scope}; retry in {} ms", retry_after.as_millis())]
+    /// Too many sign-in attempts or refreshes.
+    #[error("too many {scope}; retry in {} ms", retry_after.as_millis())]
     Throttled {
-        /// "for this username" or "from this address".
+        /// What was counted where: "sign-in attempts for this username", "refreshes of this
+        /// session", ...
         scope: &'static str,
         /// How long to wait.
         retry_after: Duration,

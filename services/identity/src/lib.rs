@@ -10,6 +10,7 @@
 //! [`rally_store::IdentityStore`]).
 
 mod error;
+pub mod janitor;
 mod password;
 mod refresh_token;
 mod rules;

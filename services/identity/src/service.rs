@@ -256,8 +256,20 @@ impl Identity for IdentityService {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
+        self.throttle.refresh_from(peer_ip(&request))?;
         let presented = refresh_token::parse(&request.get_ref().refresh_token)
             .ok_or(IdentityError::RefreshRefused("malformed refresh token"))?;
+        // A read first: unknown tokens are refused, and one family's refreshes limited, without
+        // a write (on SQLite every write waits for the one write lock).
+        let Some(family) = self
+            .store
+            .refresh_token_session(presented)
+            .await
+            .map_err(IdentityError::from)?
+        else {
+            return Err(IdentityError::RefreshRefused("unknown refresh token").into());
+        };
+        self.throttle.refresh_of(family)?;
         let now = now_millis();
         let next = refresh_token::generate()?;
         let next_expires_at = now.saturating_add(millis(self.refresh_ttl));
@@ -378,7 +390,7 @@ fn peer_ip<T>(request: &Request<T>) -> Option<IpAddr> {
     request.remote_addr().map(|addr| addr.ip())
 }
 
-fn now_millis() -> UnixMillis {
+pub(crate) fn now_millis() -> UnixMillis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(millis)

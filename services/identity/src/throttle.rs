@@ -1,7 +1,7 @@
 //! Rate limits on sign-in attempts, per username and per peer address, in bounded memory.
 //!
-//! Two keyed GCRA limiters (the algorithm of the `governor` crate: a theoretical arrival time per
-//! key), each over an LRU table of at most `max_tracked_keys` keys (the `lru` crate). Every
+//! Two keyed GCRA limiters ([`rally_auth::KeyedRate`]), each over an LRU table of at most
+//! `max_tracked_keys` keys. Every
 //! Register, Login and DeviceLogin attempt counts, successful or not. A full table forgets the
 //! key seen least recently, which comes back, if ever, with a fresh quota: a flood of distinct
 //! usernames or addresses costs the flooder its own quota only and never locks anyone else out.
@@ -11,10 +11,10 @@
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use lru::LruCache;
+use rally_auth::{KeyedRate, Rate};
+use uuid::Uuid;
 
 use crate::IdentityError;
 
@@ -25,7 +25,13 @@ pub struct ThrottleConfig {
     pub per_username_per_minute: NonZeroU32,
     /// Attempts per minute allowed from one peer IP address, or one IPv6 /64 (also the burst).
     pub per_address_per_minute: NonZeroU32,
-    /// How many usernames, and how many addresses, are tracked at most.
+    /// Refresh calls per minute allowed from one peer IP address, or one IPv6 /64 (also the
+    /// burst), counted before the database is touched.
+    pub refresh_per_address_per_minute: NonZeroU32,
+    /// Refresh calls per minute allowed for one session (one refresh-token family; also the
+    /// burst). A client refreshes once per access-token lifetime.
+    pub refresh_per_session_per_minute: NonZeroU32,
+    /// How many keys each limiter tracks at most.
     pub max_tracked_keys: usize,
 }
 
@@ -34,63 +40,51 @@ impl Default for ThrottleConfig {
         Self {
             per_username_per_minute: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
             per_address_per_minute: NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
+            refresh_per_address_per_minute: NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
+            refresh_per_session_per_minute: NonZeroU32::new(6).unwrap_or(NonZeroU32::MIN),
             max_tracked_keys: 100_000,
         }
     }
 }
 
-/// One keyed limiter: `per_minute` attempts a minute, all of them at once at most.
+/// One keyed limiter and the words its refusals use.
 struct Bounded<K: Hash + Eq> {
-    /// Each key's theoretical arrival time: the next attempt conforms from `tat - tolerance`.
-    table: Mutex<LruCache<K, Instant>>,
-    /// The time one attempt costs.
-    interval: Duration,
-    /// How far ahead of its theoretical arrival an attempt may come (the burst).
-    tolerance: Duration,
+    rate: KeyedRate<K>,
     scope: &'static str,
 }
 
 impl<K: Hash + Eq> Bounded<K> {
     fn new(per_minute: NonZeroU32, max_keys: usize, scope: &'static str) -> Self {
-        let interval = Duration::from_secs(60) / per_minute.get();
         Self {
-            table: Mutex::new(LruCache::new(
+            rate: KeyedRate::new(
+                Rate::per_minute(per_minute),
                 NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN),
-            )),
-            interval,
-            tolerance: interval * (per_minute.get() - 1),
+            ),
             scope,
         }
     }
 
     fn check(&self, key: K, now: Instant) -> Result<(), IdentityError> {
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let tat = table.get(&key).copied().unwrap_or(now).max(now);
-        let earliest = tat.checked_sub(self.tolerance).unwrap_or(now);
-        if now < earliest {
-            return Err(IdentityError::Throttled {
+        self.rate
+            .check_at(key, now)
+            .map_err(|retry_after| IdentityError::Throttled {
                 scope: self.scope,
-                retry_after: earliest - now,
-            });
-        }
-        // A full table forgets the least recently seen key.
-        table.put(key, tat + self.interval);
-        Ok(())
+                retry_after,
+            })
     }
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.rate.tracked()
     }
 }
 
-/// The sign-in limiter.
+/// The sign-in and refresh limiters.
 pub(crate) struct SignInThrottle {
     usernames: Bounded<String>,
     addresses: Bounded<IpAddr>,
+    refresh_addresses: Bounded<IpAddr>,
+    refresh_sessions: Bounded<Uuid>,
 }
 
 impl SignInThrottle {
@@ -99,14 +93,39 @@ impl SignInThrottle {
             usernames: Bounded::new(
                 config.per_username_per_minute,
                 config.max_tracked_keys,
-                "for this username",
+                "sign-in attempts for this username",
             ),
             addresses: Bounded::new(
                 config.per_address_per_minute,
                 config.max_tracked_keys,
-                "from this address",
+                "sign-in attempts from this address",
+            ),
+            refresh_addresses: Bounded::new(
+                config.refresh_per_address_per_minute,
+                config.max_tracked_keys,
+                "refreshes from this address",
+            ),
+            refresh_sessions: Bounded::new(
+                config.refresh_per_session_per_minute,
+                config.max_tracked_keys,
+                "refreshes of this session",
             ),
         }
+    }
+
+    /// Counts one Refresh call from `address` (when known), before anything else is done.
+    pub(crate) fn refresh_from(&self, address: Option<IpAddr>) -> Result<(), IdentityError> {
+        match address {
+            Some(address) => self
+                .refresh_addresses
+                .check(rally_auth::limit_key(address), Instant::now()),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one refresh of `session`, before its token is rotated.
+    pub(crate) fn refresh_of(&self, session: Uuid) -> Result<(), IdentityError> {
+        self.refresh_sessions.check(session, Instant::now())
     }
 
     /// Counts one attempt from `address` (when known) for `username` (when the call has one,
@@ -138,13 +157,52 @@ impl SignInThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn config(per_username: u32, per_address: u32, max_keys: usize) -> ThrottleConfig {
         ThrottleConfig {
             per_username_per_minute: NonZeroU32::new(per_username).expect("non-zero"),
             per_address_per_minute: NonZeroU32::new(per_address).expect("non-zero"),
             max_tracked_keys: max_keys,
+            ..ThrottleConfig::default()
         }
+    }
+
+    #[test]
+    fn refreshes_count_per_address_and_per_session_apart_from_sign_ins() {
+        let throttle = SignInThrottle::new(ThrottleConfig {
+            per_address_per_minute: NonZeroU32::new(1).expect("non-zero"),
+            refresh_per_address_per_minute: NonZeroU32::new(3).expect("non-zero"),
+            refresh_per_session_per_minute: NonZeroU32::new(2).expect("non-zero"),
+            ..ThrottleConfig::default()
+        });
+        let ip: IpAddr = [198, 51, 100, 1].into();
+        throttle.attempt(Some(ip), None).expect("a sign-in");
+        for _ in 0..3 {
+            throttle
+                .refresh_from(Some(ip))
+                .expect("refreshes have their own budget");
+        }
+        let err = throttle
+            .refresh_from(Some(ip))
+            .expect_err("a fourth refresh");
+        assert!(
+            err.to_string()
+                .starts_with("too many refreshes from this address"),
+            "{err}"
+        );
+        let session = Uuid::new_v4();
+        throttle.refresh_of(session).expect("1");
+        throttle.refresh_of(session).expect("2");
+        let err = throttle.refresh_of(session).expect_err("3");
+        assert!(
+            err.to_string()
+                .starts_with("too many refreshes of this session"),
+            "{err}"
+        );
+        throttle
+            .refresh_of(Uuid::new_v4())
+            .expect("another session has its own");
     }
 
     #[test]
@@ -159,7 +217,7 @@ mod tests {
         assert!(matches!(
             err,
             IdentityError::Throttled {
-                scope: "for this username",
+                scope: "sign-in attempts for this username",
                 ..
             }
         ));
@@ -178,7 +236,7 @@ mod tests {
         assert!(matches!(
             err,
             IdentityError::Throttled {
-                scope: "from this address",
+                scope: "sign-in attempts from this address",
                 ..
             }
         ));

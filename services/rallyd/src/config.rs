@@ -211,6 +211,32 @@ pub struct Config {
     #[arg(long, env = "RALLY_SIGNIN_PER_ADDRESS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
     pub signin_per_address_per_minute: NonZeroU32,
 
+    /// Refresh calls allowed per client IP address (per /64 for IPv6) per minute, counted
+    /// before the database is touched.
+    #[arg(long, env = "RALLY_REFRESH_PER_ADDRESS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
+    pub refresh_per_address_per_minute: NonZeroU32,
+
+    /// Refresh calls allowed per session (one refresh-token family) per minute.
+    #[arg(long, env = "RALLY_REFRESH_PER_SESSION_PER_MINUTE", default_value_t = NonZeroU32::new(6).unwrap_or(NonZeroU32::MIN))]
+    pub refresh_per_session_per_minute: NonZeroU32,
+
+    /// Write calls (create, join, leave, kick, update room data, enqueue, cancel, logout)
+    /// allowed per user per minute, sustained.
+    #[arg(long, env = "RALLY_WRITES_PER_USER_PER_MINUTE", default_value_t = NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN))]
+    pub writes_per_user_per_minute: NonZeroU32,
+
+    /// Write calls one user may make at once after a quiet period.
+    #[arg(long, env = "RALLY_WRITE_BURST", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
+    pub write_burst: NonZeroU32,
+
+    /// Streams (Attach, WatchRoom, WatchTicket) one user may open per minute, sustained.
+    #[arg(long, env = "RALLY_STREAMS_PER_USER_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
+    pub streams_per_user_per_minute: NonZeroU32,
+
+    /// Streams one user may open at once after a quiet period.
+    #[arg(long, env = "RALLY_STREAM_BURST", default_value_t = NonZeroU32::new(30).unwrap_or(NonZeroU32::MIN))]
+    pub stream_burst: NonZeroU32,
+
     /// JSON file of matchmaking pools (see `rally_rooms::pools`). Default: one pool, `default`,
     /// matching any two players.
     #[arg(long, env = "RALLY_MATCHMAKING_POOLS")]
@@ -472,6 +498,24 @@ impl std::fmt::Debug for Config {
                 "signin_per_address_per_minute",
                 &self.signin_per_address_per_minute,
             )
+            .field(
+                "refresh_per_address_per_minute",
+                &self.refresh_per_address_per_minute,
+            )
+            .field(
+                "refresh_per_session_per_minute",
+                &self.refresh_per_session_per_minute,
+            )
+            .field(
+                "writes_per_user_per_minute",
+                &self.writes_per_user_per_minute,
+            )
+            .field("write_burst", &self.write_burst)
+            .field(
+                "streams_per_user_per_minute",
+                &self.streams_per_user_per_minute,
+            )
+            .field("stream_burst", &self.stream_burst)
             .field("matchmaking_pools", &self.matchmaking_pools)
             .field("matchmaking_tick_ms", &self.matchmaking_tick_ms)
             .field("history_retention_secs", &self.history_retention_secs)

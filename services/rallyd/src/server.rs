@@ -1,12 +1,13 @@
 //! Assembling and running the gRPC server, and its graceful shutdown.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rally_auth::{
-    AuthLayer, KeyRing, PublicMethods, SessionEnds, SessionLayer, SigningKey, StreamLife,
-    TokenIssuer, TokenVerifier,
+    AuthLayer, KeyRing, PublicMethods, Rate, RateLayer, RateLimits, SessionEnds, SessionLayer,
+    SigningKey, StreamLife, TokenIssuer, TokenVerifier,
 };
 use rally_identity::{IdentityConfig, IdentityService, ThrottleConfig};
 use rally_relay::server::RelayServer;
@@ -23,6 +24,8 @@ use crate::{Config, Database, RallydError, ServiceKind};
 const IDENTITY_MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// The longest access-token lifetime `--access-token-ttl-secs` allows.
 const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// Users each per-user rate limit tracks at most (the least recently seen are forgotten).
+const RATE_TRACKED_USERS: usize = 200_000;
 /// Most concurrent calls on one client connection: announced to clients as HTTP/2's
 /// SETTINGS_MAX_CONCURRENT_STREAMS (a client opening more is refused by the protocol), and
 /// enforced again per connection by tower.
@@ -140,6 +143,42 @@ impl Running {
 
 /// Starts `rallyd` with `config`: opens the database, loads keys, binds and serves.
 ///
+/// The per-user budgets: every write RPC shares one, every stream another.
+fn user_rate_limits(config: &Config) -> RateLimits {
+    const WRITES: &[&str] = &[
+        "/rally.identity.v1.Identity/Logout",
+        "/rally.rooms.v1.Rooms/CreateRoom",
+        "/rally.rooms.v1.Rooms/JoinRoom",
+        "/rally.rooms.v1.Rooms/LeaveRoom",
+        "/rally.rooms.v1.Rooms/KickMember",
+        "/rally.rooms.v1.Rooms/UpdateRoomData",
+        "/rally.rooms.v1.Matchmaking/Enqueue",
+        "/rally.rooms.v1.Matchmaking/Cancel",
+    ];
+    const STREAMS: &[&str] = &[
+        "/rally.broker.v1.Broker/Attach",
+        "/rally.rooms.v1.Rooms/WatchRoom",
+        "/rally.rooms.v1.Matchmaking/WatchTicket",
+    ];
+    RateLimits::new(NonZeroUsize::new(RATE_TRACKED_USERS).unwrap_or(NonZeroUsize::MIN))
+        .class(
+            "write",
+            Rate {
+                per_minute: config.writes_per_user_per_minute,
+                burst: config.write_burst,
+            },
+            WRITES,
+        )
+        .class(
+            "stream",
+            Rate {
+                per_minute: config.streams_per_user_per_minute,
+                burst: config.stream_burst,
+            },
+            STREAMS,
+        )
+}
+
 /// Returns once the server is listening; it then runs until [`Running::stop`] or its shutdown
 /// token is cancelled.
 pub async fn start(mut config: Config) -> Result<Running, RallydError> {
@@ -184,6 +223,7 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         .service("grpc.reflection.v1.ServerReflection")
         .service("grpc.reflection.v1alpha.ServerReflection");
 
+    let shutdown = CancellationToken::new();
     let identity = match config.runs(ServiceKind::Identity) {
         true => {
             for method in rally_identity::PUBLIC_METHODS {
@@ -201,10 +241,19 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                 throttle: ThrottleConfig {
                     per_username_per_minute: config.signin_per_username_per_minute,
                     per_address_per_minute: config.signin_per_address_per_minute,
+                    refresh_per_address_per_minute: config.refresh_per_address_per_minute,
+                    refresh_per_session_per_minute: config.refresh_per_session_per_minute,
                     ..ThrottleConfig::default()
                 },
                 ..IdentityConfig::default()
             };
+            // Sessions are kept at least as long as their last access token could verify.
+            rally_identity::janitor::spawn_session_janitor(
+                store(&database)?.identity(),
+                Duration::from_secs(config.history_retention_secs.max(MAX_ACCESS_TOKEN_TTL_SECS)),
+                Duration::from_secs(config.history_purge_every_secs),
+                shutdown.clone(),
+            );
             let service =
                 IdentityService::new(store(&database)?.identity(), issuer, identity_config)?
                     .announcing_session_ends(store(&database)?.bus());
@@ -216,7 +265,6 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         }
         false => None,
     };
-    let shutdown = CancellationToken::new();
     if let Some(database) = &database {
         crate::session_ends::follow(
             database.bus(),
@@ -428,6 +476,8 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                     StreamLife::EndsAtExpiry,
                 ),
         )
+        // Behind authentication: each user's budget of writes and of new streams.
+        .layer(RateLayer::new(user_rate_limits(&config)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -8,8 +8,8 @@
 
 use async_trait::async_trait;
 use rally_store::{
-    Account, Credentials, IdentityStore, NewSession, NewUser, RefreshRotation, StoreError,
-    TokenHash, UnixMillis, User,
+    Account, Credentials, IdentityStore, NewSession, NewUser, PurgedSessions, RefreshRotation,
+    StoreError, TokenHash, UnixMillis, User,
 };
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -261,6 +261,55 @@ impl IdentityStore for PostgresStore {
         // Committing also ends the read-only outcomes' transactions, releasing the row locks.
         tx.commit().await.map_err(map_error)?;
         Ok(outcome)
+    }
+
+    async fn refresh_token_session(
+        &self,
+        presented: TokenHash,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let session: Option<String> =
+            sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(presented.as_slice())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_error)?;
+        session.as_deref().map(parse_id).transpose()
+    }
+
+    async fn purge_sessions(&self, before: UnixMillis) -> Result<PurgedSessions, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_error)?;
+        // The tokens of the sessions deleted next, then those sessions, then stale tokens.
+        let revoked = sqlx::query(
+            "DELETE FROM refresh_tokens WHERE session_id IN \
+             (SELECT id FROM sessions WHERE revoked_at <= $1 \
+              OR (revoked_at IS NULL AND NOT EXISTS \
+                  (SELECT 1 FROM refresh_tokens t \
+                   WHERE t.session_id = sessions.id AND t.expires_at > $1)))",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_error)?;
+        let sessions = sqlx::query(
+            "DELETE FROM sessions WHERE revoked_at <= $1 \
+             OR (revoked_at IS NULL AND NOT EXISTS \
+                 (SELECT 1 FROM refresh_tokens t WHERE t.session_id = sessions.id))",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_error)?;
+        let tokens =
+            sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1 OR rotated_at <= $1")
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_error)?;
+        tx.commit().await.map_err(map_error)?;
+        Ok(PurgedSessions {
+            sessions: sessions.rows_affected(),
+            refresh_tokens: revoked.rows_affected() + tokens.rows_affected(),
+        })
     }
 
     async fn session_active(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {

@@ -80,6 +80,8 @@ macro_rules! identity_conformance_tests {
             revoking_another_users_session_revokes_nothing,
             revoke_all_sessions_counts_only_what_it_revoked,
             session_active_is_false_for_unknown_or_foreign_sessions,
+            refresh_token_session_finds_current_and_rotated_tokens,
+            purge_sessions_deletes_only_what_can_no_longer_be_used,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

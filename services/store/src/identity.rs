@@ -125,6 +125,16 @@ pub enum RefreshRotation {
     },
 }
 
+/// What [`IdentityStore::purge_sessions`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgedSessions {
+    /// Sessions deleted (with their refresh tokens).
+    pub sessions: u64,
+    /// Refresh tokens deleted (those of the deleted sessions, expired ones, ones rotated long
+    /// ago).
+    pub refresh_tokens: u64,
+}
+
 /// Storage for accounts and sessions.
 ///
 /// Every method is one transaction: it either happens completely or not at all.
@@ -178,6 +188,18 @@ pub trait IdentityStore: Send + Sync + 'static {
         now: UnixMillis,
         next_expires_at: UnixMillis,
     ) -> Result<RefreshRotation, StoreError>;
+
+    /// The session refresh token `presented` belongs to, whatever its state (current, rotated,
+    /// expired, revoked), or `None` when no such token is stored. A read: it takes no write lock,
+    /// so that refusing unknown tokens and limiting one session's refreshes cost no write.
+    async fn refresh_token_session(&self, presented: TokenHash)
+    -> Result<Option<Uuid>, StoreError>;
+
+    /// Deletes what can no longer be used, as of `before` (now minus the retention): sessions
+    /// revoked at or before it, sessions whose every refresh token expired at or before it, and
+    /// refresh tokens that expired or were rotated at or before it (a rotated token presented
+    /// after that is unknown rather than reused). Returns what was deleted.
+    async fn purge_sessions(&self, before: UnixMillis) -> Result<PurgedSessions, StoreError>;
 
     /// Whether the session exists, belongs to `user_id` and is not revoked.
     async fn session_active(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError>;

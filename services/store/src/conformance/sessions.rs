@@ -312,3 +312,102 @@ pub async fn session_active_is_false_for_unknown_or_foreign_sessions(store: &dyn
         "an unknown session is not active"
     );
 }
+
+/// `refresh_token_session` names the session of every stored token, current or rotated, and
+/// nothing for a token never stored.
+pub async fn refresh_token_session_finds_current_and_rotated_tokens(store: &dyn IdentityStore) {
+    let alice = create(store, "Alice").await;
+    let (session_id, first) = open_session(store, alice.id).await;
+    let session_of = |token| async move {
+        must(
+            "refresh_token_session",
+            store.refresh_token_session(token).await,
+        )
+    };
+    assert_eq!(session_of(first).await, Some(session_id), "the first token");
+    let (outcome, second) = rotate(store, first).await;
+    assert!(matches!(outcome, RefreshRotation::Rotated { .. }));
+    assert_eq!(session_of(first).await, Some(session_id), "a rotated token");
+    assert_eq!(session_of(second).await, Some(session_id), "the next token");
+    assert_eq!(
+        session_of(random_hash()).await,
+        None,
+        "a token never issued"
+    );
+}
+
+/// `purge_sessions` deletes revoked sessions, sessions whose tokens all expired and stale tokens
+/// as of its cut-off, and keeps every session still usable with its current token.
+pub async fn purge_sessions_deletes_only_what_can_no_longer_be_used(store: &dyn IdentityStore) {
+    let alice = create(store, "Alice").await;
+    // Live: its current token expires at T0 + DAY, after the cut-off.
+    let (live, first) = open_session(store, alice.id).await;
+    let (outcome, current) = rotate(store, first).await;
+    assert!(matches!(outcome, RefreshRotation::Rotated { .. }));
+    // Revoked at T0 + 2.
+    let (revoked, revoked_token) = open_session(store, alice.id).await;
+    must(
+        "revoke_session",
+        store.revoke_session(alice.id, revoked, T0 + 2).await,
+    );
+    let cut = T0 + 10;
+    let purged = must("purge_sessions", store.purge_sessions(cut).await);
+    assert_eq!(
+        purged.sessions, 1,
+        "only the revoked session goes: {purged:?}"
+    );
+    assert_eq!(
+        purged.refresh_tokens, 2,
+        "the revoked session's token and the token rotated at T0 + 1: {purged:?}"
+    );
+    assert!(
+        active(store, alice.id, live).await,
+        "the live session stays"
+    );
+    assert_eq!(
+        must(
+            "refresh_token_session",
+            store.refresh_token_session(current).await
+        ),
+        Some(live),
+        "the live session's current token stays"
+    );
+    assert_eq!(
+        must(
+            "refresh_token_session",
+            store.refresh_token_session(first).await
+        ),
+        None,
+        "the long-rotated token is gone"
+    );
+    assert_eq!(
+        must(
+            "refresh_token_session",
+            store.refresh_token_session(revoked_token).await
+        ),
+        None,
+        "the revoked session's token is gone"
+    );
+    let (outcome, _) = rotate(store, current).await;
+    assert!(
+        matches!(outcome, RefreshRotation::Rotated { session_id, .. } if session_id == live),
+        "the live session still refreshes: {outcome:?}"
+    );
+
+    // Past every expiry: the live session's tokens (expiring T0 + 1 + DAY) all lapse.
+    let purged = must(
+        "purge_sessions",
+        store.purge_sessions(T0 + 2 * DAY + 2).await,
+    );
+    assert_eq!(purged.sessions, 1, "the expired session goes: {purged:?}");
+    assert!(!active(store, alice.id, live).await);
+    let again = must(
+        "purge_sessions",
+        store.purge_sessions(T0 + 2 * DAY + 2).await,
+    );
+    assert_eq!(
+        again,
+        crate::PurgedSessions::default(),
+        "a second purge finds nothing"
+    );
+}
