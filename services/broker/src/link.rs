@@ -96,6 +96,24 @@ impl Link {
         }
     }
 
+    /// Queues a message once the queue has room, never ending the link for a full queue (for
+    /// what the server repeats on its own, at the client's pace); returns false when the link
+    /// ended first.
+    pub(crate) async fn send_paced(&self, message: AttachResponse) -> bool {
+        let permit = tokio::select! {
+            biased;
+            () = self.end_requested.cancelled() => return false,
+            permit = self.queue.reserve() => permit,
+        };
+        match permit {
+            Ok(permit) => {
+                permit.send(message);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Queues a server message that answers nothing, or one that answers a remembered Connect
     /// (ConnectAccepted, ConnectRejected: they get its `request_id`; PeerClosed forgets it).
     pub(crate) fn deliver(&self, mut message: AttachResponse) -> bool {

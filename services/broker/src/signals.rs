@@ -590,8 +590,10 @@ impl Broker {
         }))
     }
 
-    /// Sends the attachment a PeerConnectRequest for every request waiting for its answer.
-    pub(crate) async fn repeat_pending_requests(&self, link: &Link) {
+    /// Sends the attachment a PeerConnectRequest for every request waiting for its answer, in a
+    /// task of its own and each as the attachment's queue has room: however many requests wait,
+    /// a re-attach never overflows its queue.
+    pub(crate) async fn repeat_pending_requests(&self, link: &Arc<Link>) {
         let pairs = match self.stores.broker.pairs_of(link.user).await {
             Ok(pairs) => pairs,
             Err(error) => {
@@ -599,18 +601,31 @@ impl Broker {
                 return;
             }
         };
-        for pair in pairs {
-            if let PairState::Pending { requester } = pair.state
-                && requester != link.user
-            {
-                link.deliver(AttachResponse {
-                    request_id: 0,
-                    body: Some(Body::PeerConnectRequest(PeerConnectRequest {
-                        user_id: requester.to_string(),
-                    })),
-                });
-            }
+        let requests: Vec<AttachResponse> = pairs
+            .into_iter()
+            .filter_map(|pair| match pair.state {
+                PairState::Pending { requester } if requester != link.user => {
+                    Some(AttachResponse {
+                        request_id: 0,
+                        body: Some(Body::PeerConnectRequest(PeerConnectRequest {
+                            user_id: requester.to_string(),
+                        })),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if requests.is_empty() {
+            return;
         }
+        let link = link.clone();
+        tokio::spawn(async move {
+            for request in requests {
+                if !link.send_paced(request).await {
+                    break;
+                }
+            }
+        });
     }
 }
 

@@ -135,7 +135,11 @@ impl Pair {
 pub struct PairLimits {
     /// Most pending requests a user may have sent and not seen answered.
     pub max_outgoing_pending: u32,
-    /// Most pairs (pending either way, or agreed) a user may be part of.
+    /// Most pending requests waiting for one user's answer: what others can put on a user is
+    /// this small cap, which never keeps the user from making or agreeing pairs of its own.
+    pub max_incoming_pending: u32,
+    /// Most pairs a user may be part of, agreed or requested by itself (requests waiting for its
+    /// answer count against `max_incoming_pending` instead).
     pub max_pairs: u32,
 }
 
@@ -143,6 +147,7 @@ impl Default for PairLimits {
     fn default() -> Self {
         Self {
             max_outgoing_pending: 64,
+            max_incoming_pending: 32,
             max_pairs: 1024,
         }
     }
@@ -160,9 +165,10 @@ pub enum ConnectOutcome {
     /// The pair was already agreed; nothing changed.
     AlreadyAgreed,
     /// The caller already has [`PairLimits::max_outgoing_pending`] unanswered requests, or is in
-    /// [`PairLimits::max_pairs`] pairs; nothing changed.
+    /// [`PairLimits::max_pairs`] pairs of its own; nothing changed.
     CallerAtLimit,
-    /// The user is in [`PairLimits::max_pairs`] pairs; nothing changed.
+    /// The user already has [`PairLimits::max_incoming_pending`] requests waiting for its
+    /// answer, or is in [`PairLimits::max_pairs`] pairs of its own; nothing changed.
     PeerAtLimit,
 }
 

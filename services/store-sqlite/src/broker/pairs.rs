@@ -80,12 +80,22 @@ async fn counts(
     peer: &str,
 ) -> Result<PairCounts, StoreError> {
     // Each count by one index: the outgoing one, the primary key (as low), by_high (as high).
-    let (caller_outgoing_pending, caller_pairs, peer_pairs) = sqlx::query_as::<_, (i64, i64, i64)>(
+    let (
+        caller_outgoing_pending,
+        caller_incoming_pending,
+        caller_pairs,
+        peer_incoming_pending,
+        peer_pairs,
+    ) = sqlx::query_as::<_, (i64, i64, i64, i64, i64)>(
         "SELECT (SELECT count(*) FROM broker_pairs WHERE requester = ?1), \
-             (SELECT count(*) FROM broker_pairs WHERE user_low = ?1) \
-             + (SELECT count(*) FROM broker_pairs WHERE user_high = ?1), \
-             (SELECT count(*) FROM broker_pairs WHERE user_low = ?2) \
-             + (SELECT count(*) FROM broker_pairs WHERE user_high = ?2)",
+                 (SELECT count(*) FROM broker_pairs WHERE user_low = ?1 AND requester <> ?1) \
+                 + (SELECT count(*) FROM broker_pairs WHERE user_high = ?1 AND requester <> ?1), \
+                 (SELECT count(*) FROM broker_pairs WHERE user_low = ?1) \
+                 + (SELECT count(*) FROM broker_pairs WHERE user_high = ?1), \
+                 (SELECT count(*) FROM broker_pairs WHERE user_low = ?2 AND requester <> ?2) \
+                 + (SELECT count(*) FROM broker_pairs WHERE user_high = ?2 AND requester <> ?2), \
+                 (SELECT count(*) FROM broker_pairs WHERE user_low = ?2) \
+                 + (SELECT count(*) FROM broker_pairs WHERE user_high = ?2)",
     )
     .bind(caller)
     .bind(peer)
@@ -95,7 +105,9 @@ async fn counts(
     let count = |value: i64| u64::try_from(value).map_err(corrupt);
     Ok(PairCounts {
         caller_outgoing_pending: count(caller_outgoing_pending)?,
+        caller_incoming_pending: count(caller_incoming_pending)?,
         caller_pairs: count(caller_pairs)?,
+        peer_incoming_pending: count(peer_incoming_pending)?,
         peer_pairs: count(peer_pairs)?,
     })
 }

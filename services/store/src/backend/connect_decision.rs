@@ -15,8 +15,12 @@ use crate::broker::{ConnectOutcome, PairLimits, PairState};
 pub struct PairCounts {
     /// Requests the caller sent that are still pending.
     pub caller_outgoing_pending: u64,
+    /// Requests waiting for the caller's answer.
+    pub caller_incoming_pending: u64,
     /// Pairs the caller is part of, pending either way or agreed.
     pub caller_pairs: u64,
+    /// Requests waiting for the peer's answer.
+    pub peer_incoming_pending: u64,
     /// Pairs the peer is part of, pending either way or agreed.
     pub peer_pairs: u64,
 }
@@ -33,14 +37,23 @@ pub fn connect_existing(from: Uuid, state: PairState) -> ConnectOutcome {
 }
 
 /// Whether a new request fits the limits: [`ConnectOutcome::Requested`] when it does (the caller
-/// then stores it), else which side is at its limit.
+/// then stores it), else which side is at its limit. A user's own pairs are those it agreed or
+/// asked for; requests waiting for its answer count against their own cap only.
 pub fn connect_new(counts: PairCounts, limits: PairLimits) -> ConnectOutcome {
     let max_pairs = u64::from(limits.max_pairs);
+    let caller_own = counts
+        .caller_pairs
+        .saturating_sub(counts.caller_incoming_pending);
+    let peer_own = counts
+        .peer_pairs
+        .saturating_sub(counts.peer_incoming_pending);
     if counts.caller_outgoing_pending >= u64::from(limits.max_outgoing_pending)
-        || counts.caller_pairs >= max_pairs
+        || caller_own >= max_pairs
     {
         ConnectOutcome::CallerAtLimit
-    } else if counts.peer_pairs >= max_pairs {
+    } else if counts.peer_incoming_pending >= u64::from(limits.max_incoming_pending)
+        || peer_own >= max_pairs
+    {
         ConnectOutcome::PeerAtLimit
     } else {
         ConnectOutcome::Requested
@@ -53,15 +66,50 @@ mod tests {
 
     const LIMITS: PairLimits = PairLimits {
         max_outgoing_pending: 2,
+        max_incoming_pending: 2,
         max_pairs: 3,
     };
 
+    /// Counts with no incoming requests.
     fn counts(caller_outgoing_pending: u64, caller_pairs: u64, peer_pairs: u64) -> PairCounts {
         PairCounts {
             caller_outgoing_pending,
+            caller_incoming_pending: 0,
             caller_pairs,
+            peer_incoming_pending: 0,
             peer_pairs,
         }
+    }
+
+    #[test]
+    fn incoming_requests_have_their_own_cap_and_never_fill_the_pair_limit() {
+        let with_incoming = |caller_incoming, caller_pairs, peer_incoming, peer_pairs| PairCounts {
+            caller_outgoing_pending: 0,
+            caller_incoming_pending: caller_incoming,
+            caller_pairs,
+            peer_incoming_pending: peer_incoming,
+            peer_pairs,
+        };
+        assert_eq!(
+            connect_new(with_incoming(2, 4, 0, 0), LIMITS),
+            ConnectOutcome::Requested,
+            "a caller asked by others still asks"
+        );
+        assert_eq!(
+            connect_new(with_incoming(0, 0, 1, 3), LIMITS),
+            ConnectOutcome::Requested,
+            "a peer with one request waiting and two pairs of its own"
+        );
+        assert_eq!(
+            connect_new(with_incoming(0, 0, 2, 2), LIMITS),
+            ConnectOutcome::PeerAtLimit,
+            "a peer whose incoming cap is full"
+        );
+        assert_eq!(
+            connect_new(with_incoming(0, 0, 1, 4), LIMITS),
+            ConnectOutcome::PeerAtLimit,
+            "a peer with three pairs of its own"
+        );
     }
 
     #[test]
@@ -109,6 +157,7 @@ mod tests {
     fn zero_limits_refuse_every_new_request() {
         let none = PairLimits {
             max_outgoing_pending: 0,
+            max_incoming_pending: 0,
             max_pairs: 0,
         };
         assert_eq!(

@@ -66,6 +66,7 @@ macro_rules! broker_conformance_tests {
             a_caller_at_its_outgoing_pending_limit_is_refused,
             a_caller_in_max_pairs_pairs_is_refused,
             a_peer_in_max_pairs_pairs_is_refused,
+            a_peer_with_max_incoming_pending_requests_is_refused,
             repeated_and_crossing_requests_are_answered_at_the_limits,
             connecting_with_an_unknown_user_is_not_found_and_stores_nothing,
             accept_agrees_only_a_pending_request_in_the_right_direction,
@@ -75,7 +76,7 @@ macro_rules! broker_conformance_tests {
             pairs_of_lists_every_pair_of_the_user_oldest_first,
             crossing_connects_end_in_one_agreed_pair,
             concurrent_connects_of_one_user_respect_max_outgoing_pending,
-            concurrent_connects_to_one_user_respect_its_max_pairs,
+            concurrent_connects_to_one_user_respect_its_max_incoming_pending,
             concurrent_attaches_of_one_user_supersede_each_attachment_once,
             a_fingerprint_belongs_to_one_online_user,
             concurrent_attaches_of_two_users_with_one_fingerprint_admit_one,
@@ -104,6 +105,7 @@ macro_rules! broker_conformance_tests {
 /// Generous limits, which the cases not about limits never reach.
 const ROOMY: PairLimits = PairLimits {
     max_outgoing_pending: 64,
+    max_incoming_pending: 1024,
     max_pairs: 1024,
 };
 

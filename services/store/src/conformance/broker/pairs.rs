@@ -62,6 +62,7 @@ pub async fn crossing_requests_make_the_pair_agreed(store: &dyn UsersAndBroker) 
 pub async fn a_caller_at_its_outgoing_pending_limit_is_refused(store: &dyn UsersAndBroker) {
     let limits = PairLimits {
         max_outgoing_pending: 2,
+        max_incoming_pending: 10,
         max_pairs: 10,
     };
     let alice = user(store, "Alice").await;
@@ -95,28 +96,35 @@ pub async fn a_caller_at_its_outgoing_pending_limit_is_refused(store: &dyn Users
     );
 }
 
-/// A caller in `max_pairs` pairs (pending either way, or agreed) may not start another; once one
-/// is closed, it may.
+/// A caller in `max_pairs` pairs of its own (agreed, or requested by it) may not start another;
+/// requests waiting for its answer do not count; once one of its pairs is closed, it may.
 pub async fn a_caller_in_max_pairs_pairs_is_refused(store: &dyn UsersAndBroker) {
     let limits = PairLimits {
         max_outgoing_pending: 10,
+        max_incoming_pending: 10,
         max_pairs: 3,
     };
     let alice = user(store, "Alice").await;
-    let others = users(store, "Other", 4).await;
+    let others = users(store, "Other", 5).await;
     assert_eq!(
         connect(store, alice, others[0], limits, at(1)).await,
         ConnectOutcome::Requested
     );
     assert_eq!(
-        connect(store, others[1], alice, limits, at(1)).await,
+        connect(store, alice, others[1], limits, at(1)).await,
         ConnectOutcome::Requested
+    );
+    assert_eq!(
+        connect(store, others[4], alice, limits, at(1)).await,
+        ConnectOutcome::Requested,
+        "a request to Alice"
     );
     agree(store, alice, others[2], at(1)).await;
 
     assert_eq!(
         connect(store, alice, others[3], limits, at(2)).await,
-        ConnectOutcome::CallerAtLimit
+        ConnectOutcome::CallerAtLimit,
+        "two requests of her own and an agreed pair fill her three; the one to her does not count"
     );
     assert_eq!(
         pair(store, alice, others[3]).await,
@@ -130,19 +138,17 @@ pub async fn a_caller_in_max_pairs_pairs_is_refused(store: &dyn UsersAndBroker) 
     );
 }
 
-/// A request to a user in `max_pairs` pairs is refused and stored nowhere; once one of its
-/// pairs is rejected, it goes through.
+/// A request to a user in `max_pairs` pairs of its own is refused and stored nowhere; once one
+/// of them is closed, it goes through.
 pub async fn a_peer_in_max_pairs_pairs_is_refused(store: &dyn UsersAndBroker) {
     let limits = PairLimits {
         max_outgoing_pending: 10,
+        max_incoming_pending: 10,
         max_pairs: 2,
     };
     let popular = user(store, "Popular").await;
     let fans = users(store, "Fan", 3).await;
-    assert_eq!(
-        connect(store, fans[0], popular, limits, at(1)).await,
-        ConnectOutcome::Requested
-    );
+    agree(store, fans[0], popular, at(1)).await;
     assert_eq!(
         connect(store, popular, fans[1], limits, at(1)).await,
         ConnectOutcome::Requested
@@ -159,9 +165,42 @@ pub async fn a_peer_in_max_pairs_pairs_is_refused(store: &dyn UsersAndBroker) {
     );
     assert!(must("pairs_of", store.pairs_of(fans[2]).await).is_empty());
 
-    assert!(must("reject", store.reject(popular, fans[0]).await));
+    assert!(must("close", store.close(popular, fans[0]).await).is_some());
     assert_eq!(
         connect(store, fans[2], popular, limits, at(3)).await,
+        ConnectOutcome::Requested
+    );
+}
+
+/// A user with `max_incoming_pending` requests waiting for its answer gets no more; it still
+/// asks others itself, and once it rejects one, a new request goes through.
+pub async fn a_peer_with_max_incoming_pending_requests_is_refused(store: &dyn UsersAndBroker) {
+    let limits = PairLimits {
+        max_outgoing_pending: 10,
+        max_incoming_pending: 2,
+        max_pairs: 10,
+    };
+    let victim = user(store, "Victim").await;
+    let others = users(store, "Other", 4).await;
+    for other in &others[..2] {
+        assert_eq!(
+            connect(store, *other, victim, limits, at(1)).await,
+            ConnectOutcome::Requested
+        );
+    }
+    assert_eq!(
+        connect(store, others[2], victim, limits, at(2)).await,
+        ConnectOutcome::PeerAtLimit
+    );
+    assert_eq!(pair(store, others[2], victim).await, None);
+    assert_eq!(
+        connect(store, victim, others[3], limits, at(2)).await,
+        ConnectOutcome::Requested,
+        "requests waiting for the victim never stop it asking"
+    );
+    assert!(must("reject", store.reject(victim, others[0]).await));
+    assert_eq!(
+        connect(store, others[2], victim, limits, at(3)).await,
         ConnectOutcome::Requested
     );
 }
@@ -171,6 +210,7 @@ pub async fn a_peer_in_max_pairs_pairs_is_refused(store: &dyn UsersAndBroker) {
 pub async fn repeated_and_crossing_requests_are_answered_at_the_limits(store: &dyn UsersAndBroker) {
     let tight = PairLimits {
         max_outgoing_pending: 1,
+        max_incoming_pending: 1,
         max_pairs: 1,
     };
     let alice = user(store, "Alice").await;

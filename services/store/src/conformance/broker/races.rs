@@ -62,6 +62,7 @@ pub async fn concurrent_connects_of_one_user_respect_max_outgoing_pending(
 ) {
     let limits = PairLimits {
         max_outgoing_pending: LIMIT,
+        max_incoming_pending: 1024,
         max_pairs: 1024,
     };
     for round in 0..RACE_ROUNDS {
@@ -85,12 +86,16 @@ pub async fn concurrent_connects_of_one_user_respect_max_outgoing_pending(
     }
 }
 
-/// Twenty users asking one user at once, which has room for five pairs: exactly five requests
-/// are stored, the others are refused, and the user is in exactly five pairs.
-pub async fn concurrent_connects_to_one_user_respect_its_max_pairs(store: &dyn UsersAndBroker) {
+/// Twenty users asking one user at once, which has room for five requests waiting for its
+/// answer: exactly five requests are stored, the others are refused, and the user is in exactly
+/// five pairs.
+pub async fn concurrent_connects_to_one_user_respect_its_max_incoming_pending(
+    store: &dyn UsersAndBroker,
+) {
     let limits = PairLimits {
         max_outgoing_pending: 64,
-        max_pairs: LIMIT,
+        max_incoming_pending: LIMIT,
+        max_pairs: 1024,
     };
     for round in 0..RACE_ROUNDS {
         let popular = user(store, "Popular").await;
