@@ -12,6 +12,7 @@
 
 mod caller;
 mod client_address;
+mod ending_body;
 mod keys;
 mod layer;
 pub mod rate;
@@ -20,6 +21,7 @@ mod token;
 
 pub use caller::Caller;
 pub use client_address::limit_key;
+pub use ending_body::EndingBody;
 pub use keys::{KeyError, KeyRing, SigningKey, check_private_file, write_private};
 pub use layer::{AuthLayer, AuthService, PublicMethods};
 pub use rate::{KeyedRate, Rate, RateLayer, RateLimits};

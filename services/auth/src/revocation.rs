@@ -19,13 +19,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::{Either, Ready, ready};
-use http_body::{Body, Frame};
+
 use pin_project_lite::pin_project;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 use uuid::Uuid;
 
 use crate::Caller;
+use crate::ending_body::EndingBody;
 
 /// The bus topic on which identity announces ended sessions.
 pub const SESSIONS_ENDED_TOPIC: &str = "sessions_ended";
@@ -307,7 +308,7 @@ where
             let (parts, body) = ended_status().into_http::<ResBody>().into_parts();
             Either::Left(ready(Ok(http::Response::from_parts(
                 parts,
-                SessionBody::plain(body),
+                EndingBody::new(body, None),
             ))))
         };
         let life = self.streams.get(request.uri().path()).copied();
@@ -327,7 +328,7 @@ where
 }
 
 /// What ends one stream: its session's end, or its token's expiry.
-struct StreamEnd {
+pub struct StreamEnd {
     _registration: Registration,
     ended: Pin<Box<dyn Future<Output = tonic::Status> + Send>>,
 }
@@ -335,6 +336,14 @@ struct StreamEnd {
 impl std::fmt::Debug for StreamEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamEnd").finish_non_exhaustive()
+    }
+}
+
+impl Future for StreamEnd {
+    type Output = tonic::Status;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<tonic::Status> {
+        self.ended.as_mut().poll(cx)
     }
 }
 
@@ -393,82 +402,14 @@ where
             false => this.end.take(),
         };
         let (parts, body) = response.into_parts();
-        let body = SessionBody {
-            inner: body,
-            end,
-            finished: false,
-        };
+        let body = EndingBody::new(body, end);
         Poll::Ready(Ok(http::Response::from_parts(parts, body)))
     }
 }
 
-pin_project! {
-    /// A response body that ends with `UNAUTHENTICATED` trailers when its stream's session ends
-    /// (or its token expires); any other body passes through unchanged.
-    pub struct SessionBody<B> {
-        #[pin]
-        inner: B,
-        end: Option<StreamEnd>,
-        finished: bool,
-    }
-}
-
-impl<B> SessionBody<B> {
-    fn plain(inner: B) -> Self {
-        Self {
-            inner,
-            end: None,
-            finished: false,
-        }
-    }
-}
-
-impl<B: Default> Default for SessionBody<B> {
-    fn default() -> Self {
-        Self::plain(B::default())
-    }
-}
-
-impl<B: Body> Body for SessionBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        if *this.finished {
-            return Poll::Ready(None);
-        }
-        if let Some(end) = this.end.as_mut()
-            && let Poll::Ready(status) = end.ended.as_mut().poll(cx)
-        {
-            *this.end = None;
-            *this.finished = true;
-            // The stream's own body (and with it the service's side of the call) is dropped with
-            // this body; the trailers end the call for the client.
-            let mut trailers = http::HeaderMap::new();
-            if status.add_header(&mut trailers).is_err() {
-                // Our own fixed messages always encode; keep the code if one did not.
-                trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
-            }
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        this.inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.finished || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self.end {
-            Some(_) => http_body::SizeHint::default(),
-            None => self.inner.size_hint(),
-        }
-    }
-}
+/// A response body that ends with `UNAUTHENTICATED` trailers when its stream's session ends
+/// (or its token expires); any other body passes through unchanged.
+pub type SessionBody<B> = EndingBody<B, StreamEnd>;
 
 #[cfg(test)]
 mod tests {

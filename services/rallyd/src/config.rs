@@ -211,6 +211,12 @@ pub struct Config {
     #[arg(long, env = "RALLY_SIGNIN_PER_ADDRESS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
     pub signin_per_address_per_minute: NonZeroU32,
 
+    /// How long a client has to send a whole request once its call started, in milliseconds
+    /// (every call but the broker's Attach stream, which has its own timeouts); a late call is
+    /// answered `DEADLINE_EXCEEDED`.
+    #[arg(long, env = "RALLY_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
     /// Refresh calls allowed per client IP address (per /64 for IPv6) per minute, counted
     /// before the database is touched.
     #[arg(long, env = "RALLY_REFRESH_PER_ADDRESS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
@@ -285,6 +291,11 @@ impl Config {
         if self.history_purge_every_secs == 0 {
             return Err(RallydError::Config(
                 "--history-purge-every-secs must be at least 1".into(),
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(RallydError::Config(
+                "--request-timeout-ms must be at least 1".into(),
             ));
         }
         if self.matchmaking_tick_ms == 0 {
@@ -498,6 +509,7 @@ impl std::fmt::Debug for Config {
                 "signin_per_address_per_minute",
                 &self.signin_per_address_per_minute,
             )
+            .field("request_timeout_ms", &self.request_timeout_ms)
             .field(
                 "refresh_per_address_per_minute",
                 &self.refresh_per_address_per_minute,

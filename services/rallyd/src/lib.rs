@@ -11,6 +11,7 @@
 //!
 //! Tests start it in-process with [`start`] on `127.0.0.1:0`.
 
+mod body_timeout;
 mod config;
 mod database;
 mod error;

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::body_timeout::BodyTimeoutLayer;
 use crate::rpc_telemetry::RpcTelemetryLayer;
 use crate::tls::CertStore;
 use crate::{Config, Database, RallydError, ServiceKind};
@@ -462,6 +463,11 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ]))
+        // Before authentication: a request must arrive whole in time, token or not.
+        .layer(BodyTimeoutLayer::new(
+            Duration::from_millis(config.request_timeout_ms),
+            &["/rally.broker.v1.Broker/Attach"],
+        ))
         .layer(AuthLayer::new(verifier.clone(), public))
         // Behind authentication: refuses the calls of ended sessions and ends their streams.
         .layer(
