@@ -5,6 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`); without it they fail under `CI=true` and skip
 //! with a message elsewhere (see `rally_store_postgres::testing::TempDatabase`).
 
+pub mod attach;
 pub mod fixtures;
 pub mod lab;
 pub mod mitm;

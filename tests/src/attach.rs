@@ -1,0 +1,148 @@
+//! A broker attachment driven message by message, for tests that play a client (or an
+//! attacker) at the wire level.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rally_proto::broker::v1::attach_request::Body as Req;
+use rally_proto::broker::v1::attach_response::Body;
+use rally_proto::broker::v1::broker_client::BrokerClient;
+use rally_proto::broker::v1::{AttachRequest, AttachResponse, Hello, Ping, Welcome};
+use tokio::sync::mpsc;
+use tonic::codec::Streaming;
+
+use crate::{TestServer, TestUser};
+
+/// How long one expected message is waited for.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One attachment, driven by the test.
+pub struct Attached {
+    /// Where the test queues client messages.
+    pub tx: mpsc::UnboundedSender<AttachRequest>,
+    /// The server's messages.
+    pub rx: Streaming<AttachResponse>,
+    next_id: u64,
+    /// The server's Welcome.
+    pub welcome: Welcome,
+}
+
+/// A broker client for `user` on a new connection.
+pub async fn client(
+    server: &TestServer,
+    user: &TestUser,
+) -> BrokerClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        rally_client::Bearer,
+    >,
+> {
+    BrokerClient::with_interceptor(
+        server.channel().await,
+        rally_client::Bearer::new(&user.access_token).expect("token is ASCII"),
+    )
+}
+
+/// Opens an attachment whose first message is `first`; returns the stream or its status.
+pub async fn open(
+    server: &TestServer,
+    user: &TestUser,
+    first: AttachRequest,
+) -> Result<
+    (
+        mpsc::UnboundedSender<AttachRequest>,
+        Streaming<AttachResponse>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(first).expect("queue the first message");
+    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    let response = tokio::time::timeout(WAIT, client(server, user).await.attach(stream))
+        .await
+        .expect("the attach call answers")?;
+    Ok((tx, response.into_inner()))
+}
+
+impl Attached {
+    /// Attaches `user` with `hello` and reads the Welcome.
+    pub async fn new(server: &TestServer, user: &TestUser, hello: Hello) -> Self {
+        let first = AttachRequest {
+            request_id: 1,
+            body: Some(Req::Hello(hello)),
+        };
+        let (tx, rx) = open(server, user, first).await.expect("attach");
+        let mut attached = Self {
+            tx,
+            rx,
+            next_id: 2,
+            welcome: Welcome::default(),
+        };
+        let welcome = attached.next().await;
+        assert_eq!(welcome.request_id, 1);
+        let Some(Body::Welcome(welcome)) = welcome.body else {
+            panic!("expected Welcome, got {welcome:?}");
+        };
+        assert_eq!(welcome.user_id, user.user_id);
+        attached.welcome = welcome;
+        attached
+    }
+
+    /// Sends a message; returns its request id.
+    pub fn send(&mut self, body: Req) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.tx
+            .send(AttachRequest {
+                request_id: id,
+                body: Some(body),
+            })
+            .expect("the stream is open");
+        id
+    }
+
+    /// The next server message.
+    pub async fn next(&mut self) -> AttachResponse {
+        match tokio::time::timeout(WAIT, self.rx.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(other) => panic!("expected a message, got {other:?}"),
+            Err(_) => panic!("no message within {WAIT:?}"),
+        }
+    }
+
+    /// The next server message's body, which must answer nothing.
+    pub async fn unsolicited(&mut self) -> Body {
+        let message = self.next().await;
+        assert_eq!(message.request_id, 0, "{message:?}");
+        message.body.expect("a body")
+    }
+
+    /// Sends a message and returns the body of its immediate answer (the next message).
+    pub async fn request(&mut self, body: Req) -> Body {
+        let id = self.send(body);
+        let answer = self.next().await;
+        assert_eq!(answer.request_id, id, "answer out of order: {answer:?}");
+        answer.body.expect("a body")
+    }
+
+    /// How the stream ends (after any messages still queued, which are skipped).
+    pub async fn end(mut self) -> Option<tonic::Status> {
+        loop {
+            match tokio::time::timeout(WAIT, self.rx.next()).await {
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(status))) => return Some(status),
+                Ok(None) => return None,
+                Err(_) => panic!("the stream did not end within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Checks that nothing was queued for this client: a Ping is answered by the very next
+    /// message (the server's queue is ordered).
+    pub async fn nothing_pending(&mut self) {
+        let id = self.send(Req::Ping(Ping { nonce: 99 }));
+        let answer = self.next().await;
+        assert_eq!(answer.request_id, id, "unexpected message: {answer:?}");
+        assert!(matches!(answer.body, Some(Body::Pong(_))));
+    }
+}

@@ -1,0 +1,690 @@
+//! The hostile-client suite: one test per attack on a real `rallyd` on loopback, each bounded in
+//! count and time. Each asserts the server's answer, that `rallyd` stays healthy, and that a
+//! legitimate user running alongside keeps working: the p99 of its simple call during the attack
+//! stays within 5x its p99 just before, measured in the same test.
+//!
+//! The attacks run one at a time (they share two cores with the server and the legitimate user),
+//! and each adds a row to a Markdown table in Cargo's test scratch directory
+//! (`hostile-clients.md`), which `.ci/run` prints.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rally_e2e::attach::Attached;
+use rally_e2e::{Backend, TestServer, TestUser};
+use rally_proto::broker::v1::attach_request::Body as Req;
+use rally_proto::broker::v1::attach_response::Body;
+use rally_proto::broker::v1::{
+    Candidate, CandidateKind, Connect, ErrorCode, Hello, NatType, RelayPolicy, SocketAddress,
+};
+use rally_proto::rooms::v1::{CreateRoomRequest, GetCurrentRoomRequest, GetRoomRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// How long any one step may take before the test fails as hung.
+const WAIT: Duration = Duration::from_secs(30);
+/// The legitimate user's latency budget during an attack, as a multiple of its p99 before.
+const BUDGET: u32 = 5;
+/// The smallest p99 the budget is taken of: below it, scheduling noise on a shared two-core
+/// machine (a debug build, the attacker in the same process) dominates what is measured.
+const NOISE_FLOOR: Duration = Duration::from_millis(5);
+/// Calls the legitimate user makes to measure its p99, before and (at least) during.
+const SAMPLES: usize = 200;
+
+/// One attack at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What an attack did and what it met, for the table.
+struct Outcome {
+    sent: usize,
+    answer: String,
+}
+
+/// The legitimate user's simple call.
+#[derive(Clone, Copy)]
+enum Probe {
+    /// GetRoom on its own room (a read).
+    GetRoom,
+    /// CreateRoom (a write, taking the SQLite write lock).
+    CreateRoom,
+}
+
+struct Legit {
+    server_addr: std::net::SocketAddr,
+    user: TestUser,
+    room_id: String,
+    probe: Probe,
+}
+
+impl Legit {
+    async fn new(server: &TestServer, probe: Probe) -> Self {
+        let user = server.user("legit").await;
+        let room = server
+            .rooms(&user)
+            .await
+            .create_room(CreateRoomRequest {
+                capacity: 4,
+                ..Default::default()
+            })
+            .await
+            .expect("the legitimate user's room")
+            .into_inner()
+            .room
+            .expect("room");
+        Self {
+            server_addr: server.addr(),
+            user,
+            room_id: room.room_id,
+            probe,
+        }
+    }
+
+    /// Calls until `stop` is cancelled and at least `SAMPLES` calls were made; every call must
+    /// succeed. Returns the p99.
+    async fn measure(&self, stop: CancellationToken) -> Duration {
+        let channel = rally_client::connect(&format!("http://{}", self.server_addr))
+            .await
+            .expect("the legitimate user connects");
+        let mut rooms = rally_proto::rooms::v1::rooms_client::RoomsClient::with_interceptor(
+            channel,
+            rally_client::Bearer::new(&self.user.access_token).expect("ASCII token"),
+        );
+        let mut samples = Vec::with_capacity(SAMPLES);
+        while samples.len() < SAMPLES || !stop.is_cancelled() {
+            let started = Instant::now();
+            let answer = match self.probe {
+                Probe::GetRoom => rooms
+                    .get_room(GetRoomRequest {
+                        room_id: self.room_id.clone(),
+                    })
+                    .await
+                    .map(drop),
+                Probe::CreateRoom => rooms
+                    .create_room(CreateRoomRequest {
+                        capacity: 2,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            };
+            samples.push(started.elapsed());
+            if let Err(status) = answer {
+                panic!("the legitimate user's call failed: {status:?}");
+            }
+        }
+        samples.sort();
+        let index = (samples.len() * 99).div_ceil(100).saturating_sub(1);
+        samples[index.min(samples.len() - 1)]
+    }
+}
+
+/// Runs `attack` against `server` with a legitimate user alongside; checks the answer through
+/// `attack`'s own assertions, the server's health, the legitimate user's latency; adds the row.
+async fn run<F, Fut>(name: &str, server: &TestServer, probe: Probe, attack: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let legit = std::sync::Arc::new(Legit::new(server, probe).await);
+    let before = {
+        let done = CancellationToken::new();
+        done.cancel();
+        legit.measure(done).await
+    };
+    let stop = CancellationToken::new();
+    let during = tokio::spawn({
+        let legit = legit.clone();
+        let stop = stop.clone();
+        async move { legit.measure(stop).await }
+    });
+    let outcome = tokio::time::timeout(WAIT * 4, attack())
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the attack did not finish in time"));
+    stop.cancel();
+    let during = tokio::time::timeout(WAIT, during)
+        .await
+        .expect("the legitimate user finishes")
+        .expect("the legitimate user's task");
+    healthy(server).await;
+    let row = format!(
+        "| {name} | {} | {} | {:.2} ms | {:.2} ms |",
+        outcome.sent,
+        outcome.answer,
+        before.as_secs_f64() * 1e3,
+        during.as_secs_f64() * 1e3,
+    );
+    eprintln!("{row}");
+    record(&row);
+    assert!(
+        during <= before.max(NOISE_FLOOR) * BUDGET,
+        "{name}: the legitimate user's p99 went from {before:?} to {during:?}"
+    );
+}
+
+fn record(row: &str) {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-clients.md");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open the table");
+    writeln!(file, "{row}").expect("write the table");
+}
+
+async fn healthy(server: &TestServer) {
+    let status = HealthClient::new(server.channel().await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("rallyd answers health checks after the attack")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+}
+
+/// The HPACK block of a gRPC POST to `path` (static-table and literal fields, no Huffman).
+fn hpack_request(path: &str) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    let literal_indexed_name = |block: &mut Vec<u8>, index: u8, value: &str| {
+        block.push(index); // literal without indexing, name from the static table
+        block.push(u8::try_from(value.len()).expect("short"));
+        block.extend_from_slice(value.as_bytes());
+    };
+    literal_indexed_name(&mut block, 0x04, path); // :path
+    literal_indexed_name(&mut block, 0x01, "localhost"); // :authority
+    for (name, value) in [("content-type", "application/grpc"), ("te", "trailers")] {
+        block.push(0x00);
+        block.push(u8::try_from(name.len()).expect("short"));
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).expect("short"));
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small frame");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_streams_on_one_connection() {
+    const STREAMS: u32 = 10_000;
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start_with(Backend::Sqlite, &["--request-timeout-ms", "1000"])
+        .await
+        .expect("SQLite");
+    let addr = server.addr();
+    run(
+        "10 000 streams on one HTTP/2 connection",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut reader, mut writer) = tcp.into_split();
+            let block = hpack_request("/grpc.health.v1.Health/Check");
+            let writing = tokio::spawn(async move {
+                let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+                out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+                let mut sent = 0;
+                for n in 0..STREAMS {
+                    // HEADERS, END_HEADERS, no END_STREAM: each stream stays open.
+                    out.extend(frame(0x1, 0x4, 2 * n + 1, &block));
+                    if out.len() > 64 * 1024 || n + 1 == STREAMS {
+                        if writer.write_all(&out).await.is_err() {
+                            break; // the server closed the connection
+                        }
+                        out.clear();
+                    }
+                    sent += 1;
+                }
+                sent
+            });
+            // Read the server's frames until it closes the connection.
+            let (mut refused, mut goaway) = (0usize, None);
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let read = tokio::time::timeout(WAIT, reader.read(&mut chunk))
+                    .await
+                    .expect("the server answers or closes in time");
+                let n = match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                while buf.len() >= 9 {
+                    let len =
+                        usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                    if buf.len() < 9 + len {
+                        break;
+                    }
+                    let payload = &buf[9..9 + len];
+                    match buf[3] {
+                        0x3 if payload.get(..4) == Some(&7u32.to_be_bytes()[..]) => refused += 1,
+                        0x7 => {
+                            goaway = payload
+                                .get(4..8)
+                                .and_then(|code| code.try_into().ok())
+                                .map(u32::from_be_bytes);
+                        }
+                        _ => {}
+                    }
+                    buf.drain(..9 + len);
+                }
+            }
+            let sent = writing.await.expect("the writer");
+            assert!(
+                goaway.is_some(),
+                "the connection ends with GOAWAY ({refused} refused)"
+            );
+            Outcome {
+                sent,
+                answer: format!(
+                    "{refused} streams refused (REFUSED_STREAM), then GOAWAY (code {})",
+                    goaway.unwrap_or_default()
+                ),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_send_headers_and_never_a_body() {
+    const PER_CONNECTION: usize = 250;
+    const CONNECTIONS: usize = 2;
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start_with(Backend::Sqlite, &["--request-timeout-ms", "500"])
+        .await
+        .expect("SQLite");
+    let addr = server.addr();
+    run(
+        "headers and never a body",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            let mut answers = Vec::new();
+            let mut held = Vec::new();
+            for _ in 0..CONNECTIONS {
+                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+                tokio::spawn(connection);
+                let mut client = client;
+                for _ in 0..PER_CONNECTION {
+                    client = client.ready().await.expect("a stream slot");
+                    let request = http::Request::post(format!(
+                        "http://{addr}/rally.identity.v1.Identity/Refresh"
+                    ))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .expect("a request");
+                    let (answer, body) = client.send_request(request, false).expect("send");
+                    answers.push(answer);
+                    held.push(body);
+                }
+            }
+            let sent = answers.len();
+            let mut codes = std::collections::BTreeMap::<String, usize>::new();
+            for answer in answers {
+                let answer = tokio::time::timeout(WAIT, answer)
+                    .await
+                    .expect("every stream is answered in time")
+                    .expect("an answer");
+                let code = answer
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                *codes.entry(code).or_default() += 1;
+            }
+            drop(held);
+            let deadline_exceeded = (Code::DeadlineExceeded as i32).to_string();
+            assert_eq!(
+                codes.get(&deadline_exceeded),
+                Some(&sent),
+                "every stream ends DEADLINE_EXCEEDED: {codes:?}"
+            );
+            Outcome {
+                sent,
+                answer: format!("{sent} x DEADLINE_EXCEEDED after 500 ms"),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_streams_trickling_a_large_message() {
+    const PER_CONNECTION: usize = 250;
+    const CONNECTIONS: usize = 2;
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start_with(Backend::Sqlite, &["--request-timeout-ms", "500"])
+        .await
+        .expect("SQLite");
+    let addr = server.addr();
+    run(
+        "reflection streams trickling a 4000-byte message",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            let mut streams = Vec::new();
+            for _ in 0..CONNECTIONS {
+                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+                tokio::spawn(connection);
+                let mut client = client;
+                for _ in 0..PER_CONNECTION {
+                    client = client.ready().await.expect("a stream slot");
+                    let request = http::Request::post(format!(
+                        "http://{addr}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+                    ))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .expect("a request");
+                    let (answer, mut body) = client.send_request(request, false).expect("send");
+                    // A message header announcing 4000 bytes, then its first byte.
+                    let mut head = vec![0u8];
+                    head.extend_from_slice(&4000u32.to_be_bytes());
+                    head.push(b'x');
+                    body.send_data(Bytes::from(head), false)
+                        .expect("the first bytes");
+                    streams.push((answer, body));
+                }
+            }
+            let sent = streams.len();
+            let mut ended = std::collections::BTreeMap::<String, usize>::new();
+            let mut bodies = Vec::new();
+            let mut answers = Vec::new();
+            for (answer, body) in streams {
+                answers.push(answer);
+                bodies.push(body);
+            }
+            // One more byte on every stream every 100 ms, until each stream has ended.
+            let ticking = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                for _ in 0..100 {
+                    tick.tick().await;
+                    let mut open = 0;
+                    for body in &mut bodies {
+                        if body.send_data(Bytes::from_static(b"x"), false).is_ok() {
+                            open += 1;
+                        }
+                    }
+                    if open == 0 {
+                        break;
+                    }
+                }
+            });
+            for answer in answers {
+                let answer = tokio::time::timeout(WAIT, answer)
+                    .await
+                    .expect("every stream is answered")
+                    .expect("an answer");
+                let mut body = answer.into_body();
+                while let Some(data) = tokio::time::timeout(WAIT, body.data())
+                    .await
+                    .expect("the stream ends in time")
+                {
+                    if data.is_err() {
+                        break;
+                    }
+                }
+                let trailers = tokio::time::timeout(WAIT, body.trailers())
+                    .await
+                    .expect("trailers in time");
+                let code = trailers
+                    .ok()
+                    .flatten()
+                    .and_then(|t| {
+                        t.get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| "reset".into());
+                *ended.entry(code).or_default() += 1;
+            }
+            ticking.abort();
+            let deadline_exceeded = (Code::DeadlineExceeded as i32).to_string();
+            assert_eq!(
+                ended.get(&deadline_exceeded),
+                Some(&sent),
+                "every trickling stream ends DEADLINE_EXCEEDED: {ended:?}"
+            );
+            Outcome {
+                sent,
+                answer: format!("{sent} x DEADLINE_EXCEEDED after 500 ms"),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+/// A Hello announcing a fingerprint of its own (`[n; 32]` spread over two bytes).
+fn hello(n: u16) -> Hello {
+    let mut fingerprint = vec![0xA5; 32];
+    fingerprint[..2].copy_from_slice(&n.to_be_bytes());
+    Hello {
+        certificate_fingerprint: fingerprint,
+        candidates: vec![Candidate {
+            kind: CandidateKind::Host as i32,
+            address: Some(SocketAddress {
+                ip: "127.0.0.1".into(),
+                port: 4000,
+            }),
+            priority: 100,
+        }],
+        relay_policy: RelayPolicy::Fallback as i32,
+        nat_type: NatType::Moderate as i32,
+        client_version: "rally-hostile/0".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_sybils_requesting_one_victim() {
+    const SYBILS: usize = 300;
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        &["--signin-per-address-per-minute", "100000"],
+    )
+    .await
+    .expect("SQLite");
+    let victim = server.user("victim").await;
+    let friend = server.user("friend").await;
+    let room = server
+        .rooms(&victim)
+        .await
+        .create_room(CreateRoomRequest {
+            capacity: 4,
+            ..Default::default()
+        })
+        .await
+        .expect("the victim's room")
+        .into_inner()
+        .room
+        .expect("room");
+    let mut sybils = Vec::with_capacity(SYBILS);
+    for n in 0..SYBILS {
+        sybils.push(server.user(&format!("sybil{n}")).await);
+    }
+    let attached_victim = Attached::new(&server, &victim, hello(60_000)).await;
+    let mut attached_friend = Attached::new(&server, &friend, hello(60_001)).await;
+    let server_ref = &server;
+    run(
+        "300 sybils requesting one victim, which re-attaches",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            let mut refused = 0;
+            let mut acked = 0;
+            let mut held = Vec::new();
+            for (n, sybil) in sybils.iter().enumerate() {
+                let mut attached = Attached::new(
+                    server_ref,
+                    sybil,
+                    hello(u16::try_from(n).expect("few")),
+                )
+                .await;
+                match attached
+                    .request(Req::Connect(Connect {
+                        user_id: victim.user_id.clone(),
+                    }))
+                    .await
+                {
+                    Body::Ack(_) => acked += 1,
+                    Body::Error(error) => {
+                        assert_eq!(error.code, ErrorCode::RateLimited as i32, "{error:?}");
+                        refused += 1;
+                    }
+                    other => panic!("a sybil's Connect: {other:?}"),
+                }
+                held.push(attached);
+            }
+            assert_eq!(acked, 32, "the victim's incoming cap");
+            // The victim re-attaches: it gets its pending requests at its pace, stays attached
+            // and in its room, and still asks a friend itself.
+            drop(attached_victim);
+            let mut again = Attached::new(server_ref, &victim, hello(60_000)).await;
+            let mut requests = 0;
+            while requests < 32 {
+                match again.unsolicited().await {
+                    Body::PeerConnectRequest(_) => requests += 1,
+                    Body::RoomPresence(_) => {}
+                    other => panic!("the victim after re-attaching: {other:?}"),
+                }
+            }
+            again.nothing_pending().await;
+            match again
+                .request(Req::Connect(Connect {
+                    user_id: friend.user_id.clone(),
+                }))
+                .await
+            {
+                Body::Ack(_) => {}
+                other => panic!("the victim asking its friend: {other:?}"),
+            }
+            match attached_friend.unsolicited().await {
+                Body::PeerConnectRequest(request) => assert_eq!(request.user_id, victim.user_id),
+                other => panic!("the friend: {other:?}"),
+            }
+            let current = server_ref
+                .rooms(&victim)
+                .await
+                .get_current_room(GetCurrentRoomRequest {})
+                .await
+                .expect("the victim's current room")
+                .into_inner()
+                .room
+                .expect("still in a room");
+            assert_eq!(current.room_id, room.room_id);
+            drop(held);
+            Outcome {
+                sent: SYBILS,
+                answer: format!(
+                    "{acked} acknowledged, {refused} RATE_LIMITED; the victim re-attached and kept its room"
+                ),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_flood_with_random_tokens_on_sqlite() {
+    const CALLS: usize = 3000;
+    const CONCURRENCY: usize = 32;
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            "--writes-per-user-per-minute",
+            "100000",
+            "--write-burst",
+            "10000",
+        ],
+    )
+    .await
+    .expect("SQLite");
+    let addr = server.addr();
+    run(
+        "Refresh flood with random tokens (SQLite), while another user creates rooms",
+        &server,
+        Probe::CreateRoom,
+        || async move {
+            use base64::Engine;
+            use rally_proto::identity::v1::RefreshRequest;
+            use rally_proto::identity::v1::identity_client::IdentityClient;
+            let channel = rally_client::connect(&format!("http://{addr}"))
+                .await
+                .expect("connect");
+            let mut tasks = Vec::new();
+            for worker in 0..CONCURRENCY {
+                let mut identity = IdentityClient::new(channel.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut codes = std::collections::BTreeMap::<i32, usize>::new();
+                    for _ in (worker..CALLS).step_by(CONCURRENCY) {
+                        let bytes: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+                        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+                        let code = match identity
+                            .refresh(RefreshRequest {
+                                refresh_token: token,
+                            })
+                            .await
+                        {
+                            Ok(_) => Code::Ok,
+                            Err(status) => status.code(),
+                        };
+                        *codes.entry(code as i32).or_default() += 1;
+                    }
+                    codes
+                }));
+            }
+            let mut codes = std::collections::BTreeMap::<i32, usize>::new();
+            for task in tasks {
+                for (code, count) in task.await.expect("a flooding task") {
+                    *codes.entry(code).or_default() += count;
+                }
+            }
+            let exhausted = codes
+                .get(&(Code::ResourceExhausted as i32))
+                .copied()
+                .unwrap_or(0);
+            let unauthenticated = codes
+                .get(&(Code::Unauthenticated as i32))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(exhausted + unauthenticated, CALLS, "{codes:?}");
+            assert!(
+                (1..=61).contains(&unauthenticated),
+                "at most a minute's budget reaches the database: {codes:?}"
+            );
+            Outcome {
+                sent: CALLS,
+                answer: format!(
+                    "{unauthenticated} UNAUTHENTICATED (unknown token), {exhausted} RESOURCE_EXHAUSTED"
+                ),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
