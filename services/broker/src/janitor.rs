@@ -144,6 +144,7 @@ impl Broker {
         };
         tracing::debug!(%user, pairs = forgotten.pairs.len(), "forgot a user detached past the grace period");
         for pair in forgotten.pairs {
+            self.release(&pair).await;
             self.notify(
                 pair.other(user),
                 Body::PeerClosed(PeerClosed {

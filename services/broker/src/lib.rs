@@ -57,6 +57,8 @@ pub struct RelaySettings {
     pub max_bytes: u64,
     /// Most bytes per second an allocation carries, both ways together.
     pub max_bytes_per_second: u32,
+    /// Most relayed pairs a user may be in at once (the relay holds each user to the same).
+    pub max_allocations_per_user: usize,
 }
 
 /// The broker's settings.
@@ -107,6 +109,21 @@ impl Default for BrokerConfig {
     }
 }
 
+/// A UDP socket to send releases to the relay at `relay` from.
+async fn release_socket(relay: SocketAddr) -> Option<tokio::net::UdpSocket> {
+    let any: SocketAddr = match relay {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    match tokio::net::UdpSocket::bind(any).await {
+        Ok(socket) => Some(socket),
+        Err(error) => {
+            tracing::warn!(%error, "no socket to release relay allocations from; they end when idle");
+            None
+        }
+    }
+}
+
 /// The stores the broker uses.
 #[derive(Clone)]
 pub struct BrokerStores {
@@ -138,6 +155,9 @@ pub struct Broker {
     bus: Arc<dyn Bus>,
     links: link::Links,
     limiter: DefaultKeyedRateLimiter<Uuid>,
+    /// Where releases of ended pairs' relay allocations are sent from (`None`: no relay, or the
+    /// socket could not be bound; allocations then end at their expiry or when idle).
+    release_socket: Option<tokio::net::UdpSocket>,
     metrics: metrics::BrokerMetrics,
     shutdown: CancellationToken,
     /// The janitor task, whose last act after `shutdown` is a store write: see
@@ -171,9 +191,14 @@ impl Broker {
         .allow_burst(
             std::num::NonZeroU32::MIN.saturating_add(config.signal_burst.saturating_sub(1)),
         );
+        let release_socket = match &config.relay {
+            Some(relay) => release_socket(relay.address).await,
+            None => None,
+        };
         let broker = Arc::new(Self {
             replica_id: Uuid::new_v4(),
             limiter: RateLimiter::keyed(quota),
+            release_socket,
             config,
             auth,
             stores,

@@ -179,6 +179,11 @@ impl Broker {
                 let peer = validate::peer_id("user_id", &close.user_id, me)?;
                 let closed = self.stores.broker.close(me, peer).await.map_err(internal)?;
                 link.take_connect(&peer.to_string());
+                // The release leaves before the Ack: a client that saw the Ack knows the relay
+                // was told.
+                if let Some(pair) = &closed {
+                    self.release(pair).await;
+                }
                 link.send(ack(id));
                 if closed.is_some() {
                     self.notify(
@@ -519,6 +524,29 @@ impl Broker {
                 "this server has no relay configured",
             ));
         };
+        if pair.relay.is_none() {
+            for user in [pair.low, pair.high] {
+                let at = now();
+                let relayed = self
+                    .stores
+                    .broker
+                    .pairs_of(user)
+                    .await
+                    .map_err(internal)?
+                    .iter()
+                    .filter(|p| p.relay.is_some_and(|r| r.expires_at > at))
+                    .count();
+                if relayed >= relay.max_allocations_per_user {
+                    return Err(Refusal::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "user {user} is in {relayed} relayed pairs, the most a user may be \
+                             in; close one first"
+                        ),
+                    ));
+                }
+            }
+        }
         let allocation = pair
             .relay
             .map_or_else(|| Uuid::new_v4().into_bytes(), |r| r.id);
@@ -540,27 +568,52 @@ impl Broker {
             ));
         }
         pair.relay = Some(record);
-        let token = Grant {
-            key_id: relay.key.id,
-            allocation,
-            user_a: pair.low.into_bytes(),
-            user_b: pair.high.into_bytes(),
-            expires_at_ms: u64::try_from(expires_at).unwrap_or(0),
-            byte_cap: relay.max_bytes,
-            rate_bytes_per_sec: relay.max_bytes_per_second,
-        }
-        .sign(&relay.key);
+        // Each side its own grant, bound to it: side 0 is the low user's, side 1 the high's.
+        let token = |side: u8| {
+            Grant {
+                key_id: relay.key.id,
+                allocation,
+                user_a: pair.low.into_bytes(),
+                user_b: pair.high.into_bytes(),
+                side,
+                expires_at_ms: u64::try_from(expires_at).unwrap_or(0),
+                byte_cap: relay.max_bytes,
+                rate_bytes_per_sec: relay.max_bytes_per_second,
+            }
+            .sign(&relay.key)
+        };
         let message = |peer: Uuid, side: u32| RelayGrant {
             user_id: peer.to_string(),
             relay_address: Some(socket_address(relay.address)),
             allocation_id: allocation.to_vec(),
-            token: token.to_vec(),
+            token: token(u8::from(side == 1)).to_vec(),
             expires_at: Some(timestamp(expires_at)),
             max_bytes: relay.max_bytes,
             max_bytes_per_second: u64::from(relay.max_bytes_per_second),
             side,
         };
         Ok((message(pair.high, 0), message(pair.low, 1)))
+    }
+
+    /// Tells the relay that an ended pair's allocation (if it had one) is free: the relay drops
+    /// it and refuses its grants from then on. One datagram, never answered; if it is lost the
+    /// allocation ends when idle, with the relay's per-user cap bounding what lingers.
+    pub(crate) async fn release(&self, pair: &Pair) {
+        let (Some(relay), Some(allocation), Some(socket)) =
+            (&self.config.relay, pair.relay, &self.release_socket)
+        else {
+            return;
+        };
+        let issued_at = u64::try_from(now()).unwrap_or(0);
+        let release = rally_relay::grant::sign_release(&relay.key, allocation.id, issued_at);
+        let mut datagram = Vec::with_capacity(rally_relay::grant::RELEASE_BYTES + 4);
+        rally_relay::wire::encode(
+            &rally_relay::wire::Message::Release { release: &release },
+            &mut datagram,
+        );
+        if let Err(error) = socket.send_to(&datagram, relay.address).await {
+            tracing::warn!(%error, relay = %relay.address, "could not release a relay allocation");
+        }
     }
 
     async fn room_presence(&self, me: Uuid) -> Result<Body, Refusal> {

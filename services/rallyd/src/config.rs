@@ -147,6 +147,23 @@ pub struct Config {
     #[arg(long, env = "RALLY_RELAY_MAX_ALLOCATIONS", default_value_t = 10_000)]
     pub relay_max_allocations: usize,
 
+    /// Most relay allocations one user may be part of at once (the broker refuses more grants,
+    /// the relay more allocations).
+    #[arg(
+        long,
+        env = "RALLY_RELAY_MAX_ALLOCATIONS_PER_USER",
+        default_value_t = 16
+    )]
+    pub relay_max_allocations_per_user: usize,
+
+    /// Most payload bytes per second the relay forwards, all allocations together.
+    #[arg(
+        long,
+        env = "RALLY_RELAY_MAX_TOTAL_BYTES_PER_SECOND",
+        default_value_t = 125_000_000
+    )]
+    pub relay_max_total_bytes_per_second: u64,
+
     /// UDP addresses at which clients reach the relay, comma-separated: the first carries relay
     /// allocations, all are announced as reflectors. Default: every address this process's relay
     /// bound, in `--relay-listen` order (when it runs one; otherwise the broker offers no relay).
@@ -291,6 +308,13 @@ impl Config {
         if self.history_purge_every_secs == 0 {
             return Err(RallydError::Config(
                 "--history-purge-every-secs must be at least 1".into(),
+            ));
+        }
+        if self.relay_max_allocations_per_user == 0 || self.relay_max_total_bytes_per_second == 0 {
+            return Err(RallydError::Config(
+                "--relay-max-allocations-per-user and --relay-max-total-bytes-per-second must be \
+                 at least 1"
+                    .into(),
             ));
         }
         if self.request_timeout_ms == 0 {
@@ -489,6 +513,14 @@ impl std::fmt::Debug for Config {
             .field("relay_verify_secret_files", &self.relay_verify_secret_files)
             .field("relay_public_addresses", &self.relay_public_addresses)
             .field("relay_grant_ttl_secs", &self.relay_grant_ttl_secs)
+            .field(
+                "relay_max_allocations_per_user",
+                &self.relay_max_allocations_per_user,
+            )
+            .field(
+                "relay_max_total_bytes_per_second",
+                &self.relay_max_total_bytes_per_second,
+            )
             .field("relay_max_bytes", &self.relay_max_bytes)
             .field(
                 "relay_max_bytes_per_second",

@@ -61,13 +61,14 @@ pub(crate) fn register(stats: &RelayStats) {
         "rally.relay.dropped",
         "{datagram}",
         "Datagrams the relay dropped, by reason: malformed (did not decode), unauthorised \
-         (unknown allocation, a third address, the other side not bound), over_limit (byte cap \
-         or rate)",
+         (unknown allocation, a third address, the other side not bound), over_limit (the \
+         allocation's byte cap or rate), over_aggregate (the relay's total rate)",
         |counters| {
             vec![
                 (counters.dropped_malformed, reason("malformed")),
                 (counters.dropped_unauthorised, reason("unauthorised")),
                 (counters.dropped_over_limit, reason("over_limit")),
+                (counters.dropped_over_aggregate, reason("over_aggregate")),
             ]
         },
     );
@@ -76,8 +77,23 @@ pub(crate) fn register(stats: &RelayStats) {
         stats,
         "rally.relay.grants.refused",
         "{grant}",
-        "Allocation requests refused (bad or expired grant, side already taken, relay full)",
-        |counters| vec![(counters.refused_grants, vec![])],
+        "Allocation requests and releases refused, by reason: grant (bad, expired, for the \
+         other side, side already taken, allocation released; or a bad release), user_quota \
+         (one of the grant's users holds its share of allocations)",
+        |counters| {
+            vec![
+                (counters.refused_grants, reason("grant")),
+                (counters.refused_user_quota, reason("user_quota")),
+            ]
+        },
+    );
+    counter(
+        &meter,
+        stats,
+        "rally.relay.allocations.released",
+        "{allocation}",
+        "Allocations the broker released because their pair ended",
+        |counters| vec![(counters.released, vec![])],
     );
     counter(
         &meter,

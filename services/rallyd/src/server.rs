@@ -633,6 +633,7 @@ fn broker_config(
             grant_ttl: Duration::from_secs(config.relay_grant_ttl_secs),
             max_bytes: config.relay_max_bytes,
             max_bytes_per_second: config.relay_max_bytes_per_second,
+            max_allocations_per_user: config.relay_max_allocations_per_user,
         }),
         None => None,
     };
@@ -666,6 +667,10 @@ async fn start_relay(
     }
     let limits = rally_relay::allocations::RelayLimits {
         max_allocations: config.relay_max_allocations,
+        max_allocations_per_user: config.relay_max_allocations_per_user,
+        max_bytes_per_second: config.relay_max_total_bytes_per_second,
+        // Releases of allocations not held are remembered as long as a grant could live.
+        release_memory_ms: config.relay_grant_ttl_secs.saturating_mul(1000),
         ..Default::default()
     };
     let mut keys = vec![key];

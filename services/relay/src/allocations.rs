@@ -2,11 +2,15 @@
 //! time. The UDP loop in [`crate::server`] only moves bytes.
 //!
 //! Admission: a peer presents its grant ([`Message::Allocate`]) from the socket it will use;
-//! the first presentation of each side binds that side to its source address. `Data` is
-//! forwarded, byte for byte, only from one bound side to the other, within the grant's byte cap
-//! and rate (a token bucket). Nothing unverified ever creates state, so a flood of junk costs
-//! counters, not memory; the number of allocations is capped, and allocations end at their
-//! grant's expiry or after an idle period.
+//! each grant is for one side, and its first presentation binds that side to its source address.
+//! `Data` is forwarded, byte for byte, only from one bound side to the other, within the grant's
+//! byte cap and rate (a token bucket) and the relay's aggregate rate. Nothing unverified ever
+//! creates state, so a flood of junk costs counters, not memory; the number of allocations is
+//! capped in all and per user (each allocation counts for both its users), and allocations end
+//! at their grant's expiry, after an idle period, or when the broker releases them
+//! ([`Message::Release`]: the pair ended). An allocation that ends before its grant expires is
+//! remembered until then (bounded): a released one refuses its grants, and an idle one comes back
+//! with the bytes it had carried, so a grant's byte cap holds for the grant's whole life.
 //!
 //! The relay may listen on several addresses ([`Relay::set_listen_addresses`]) and is told which
 //! one each datagram arrived on. They share one allocation table; Allocate is answered and Data
@@ -26,15 +30,25 @@ use crate::wire::{self, Message, RefusedReason, RespondFrom};
 pub struct RelayLimits {
     /// Most allocations held at once.
     pub max_allocations: usize,
+    /// Most allocations one user may be part of at once.
+    pub max_allocations_per_user: usize,
+    /// Most payload bytes per second the relay forwards, all allocations together.
+    pub max_bytes_per_second: u64,
     /// An allocation with no traffic for this long ends (milliseconds).
     pub idle_timeout_ms: u64,
+    /// How long a release of an allocation the relay does not hold is remembered (milliseconds):
+    /// at least the broker's grant lifetime.
+    pub release_memory_ms: u64,
 }
 
 impl Default for RelayLimits {
     fn default() -> Self {
         Self {
             max_allocations: 10_000,
+            max_allocations_per_user: 16,
+            max_bytes_per_second: 125_000_000,
             idle_timeout_ms: 60_000,
+            release_memory_ms: 3_600_000,
         }
     }
 }
@@ -59,8 +73,14 @@ pub struct Counters {
     pub refused_grants: u64,
     /// Data for an unknown allocation, from a third address, or before the other side bound.
     pub dropped_unauthorised: u64,
-    /// Data over the byte cap or the rate.
+    /// Data over the allocation's byte cap or rate.
     pub dropped_over_limit: u64,
+    /// Data over the relay's aggregate rate.
+    pub dropped_over_aggregate: u64,
+    /// New allocations refused because one of their users held its share.
+    pub refused_user_quota: u64,
+    /// Allocations the broker released (their pair ended).
+    pub released: u64,
 }
 
 struct Allocation {
@@ -72,12 +92,30 @@ struct Allocation {
     active_at_ms: u64,
 }
 
+/// An allocation that ended before its grant expired.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    /// Until when it is remembered (its grant's expiry).
+    until_ms: u64,
+    /// The bytes it had forwarded.
+    bytes: u64,
+    /// Whether the broker released it (then its grants are refused).
+    released: bool,
+}
+
 /// The relay's state; see the module docs.
 pub struct Relay {
     keys: Vec<GrantKey>,
     listen: Vec<SocketAddr>,
     limits: RelayLimits,
     allocations: HashMap<[u8; 16], Allocation>,
+    /// How many allocations each user is part of.
+    per_user: HashMap<[u8; 16], usize>,
+    /// Allocations that ended early, at most `max_allocations` of them.
+    ended: HashMap<[u8; 16], Ended>,
+    /// The aggregate rate's token bucket.
+    aggregate_tokens: f64,
+    aggregate_refilled_at_ms: u64,
     counters: Counters,
 }
 
@@ -103,6 +141,10 @@ impl Relay {
             listen: Vec::new(),
             limits,
             allocations: HashMap::new(),
+            per_user: HashMap::new(),
+            ended: HashMap::new(),
+            aggregate_tokens: limits.max_bytes_per_second as f64,
+            aggregate_refilled_at_ms: 0,
             counters: Counters::default(),
         }
     }
@@ -170,6 +212,13 @@ impl Relay {
                 allocation,
                 payload,
             } => self.forward(local, from, allocation, payload.len(), datagram, now_ms),
+            Message::Release { release } => {
+                match crate::grant::verify_release(release, &self.keys, now_ms) {
+                    Ok(id) => self.release(id, now_ms),
+                    Err(_) => self.counters.refused_grants += 1,
+                }
+                None
+            }
             // Answers are the relay's to send, never to receive.
             Message::BindingResponse { .. }
             | Message::Allocated { .. }
@@ -240,17 +289,38 @@ impl Relay {
                 },
             ))
         };
+        if side != grant.side {
+            self.counters.refused_grants += 1;
+            return refuse(RefusedReason::WrongSide);
+        }
         if !self.allocations.contains_key(&id) {
+            let ended = self.ended.get(&id).copied();
+            if ended.is_some_and(|e| e.released) {
+                self.counters.refused_grants += 1;
+                return refuse(RefusedReason::Released);
+            }
             if self.allocations.len() >= self.limits.max_allocations {
                 return refuse(RefusedReason::Full);
             }
+            let held = |user: &[u8; 16]| self.per_user.get(user).copied().unwrap_or(0);
+            if held(&grant.user_a) >= self.limits.max_allocations_per_user
+                || held(&grant.user_b) >= self.limits.max_allocations_per_user
+            {
+                self.counters.refused_user_quota += 1;
+                return refuse(RefusedReason::UserQuota);
+            }
+            self.ended.remove(&id);
             self.counters.allocations += 1;
+            for user in [grant.user_a, grant.user_b] {
+                *self.per_user.entry(user).or_default() += 1;
+            }
             self.allocations.insert(
                 id,
                 Allocation {
                     grant,
                     sides: [None, None],
-                    bytes: 0,
+                    // An allocation that idled out comes back with what it had carried.
+                    bytes: ended.map_or(0, |e| e.bytes),
                     tokens: f64::from(grant.rate_bytes_per_sec),
                     refilled_at_ms: now_ms,
                     active_at_ms: now_ms,
@@ -258,7 +328,7 @@ impl Relay {
             );
         }
         let allocation = self.allocations.get_mut(&id)?;
-        let slot = &mut allocation.sides[usize::from(side.min(1))];
+        let slot = &mut allocation.sides[usize::from(side)];
         match slot {
             Some(bound) if *bound != from => {
                 self.counters.refused_grants += 1;
@@ -310,7 +380,7 @@ impl Relay {
         };
         if now_ms >= allocation.grant.expires_at_ms {
             self.counters.dropped_unauthorised += 1;
-            self.allocations.remove(&id);
+            self.end(id, false, now_ms);
             return None;
         }
         let rate = f64::from(allocation.grant.rate_bytes_per_sec);
@@ -324,6 +394,15 @@ impl Relay {
             self.counters.dropped_over_limit += 1;
             return None;
         }
+        let total = self.limits.max_bytes_per_second as f64;
+        let elapsed = now_ms.saturating_sub(self.aggregate_refilled_at_ms) as f64 / 1000.0;
+        self.aggregate_tokens = (self.aggregate_tokens + elapsed * total).min(total);
+        self.aggregate_refilled_at_ms = now_ms;
+        if self.aggregate_tokens < size as f64 {
+            self.counters.dropped_over_aggregate += 1;
+            return None;
+        }
+        self.aggregate_tokens -= size as f64;
         allocation.tokens -= size as f64;
         allocation.bytes += size;
         allocation.active_at_ms = now_ms;
@@ -336,12 +415,92 @@ impl Relay {
         })
     }
 
-    /// Ends allocations past their grant's expiry or idle too long.
+    /// Ends allocations past their grant's expiry or idle too long, and forgets ended ones
+    /// whose grant expired.
     pub fn expire(&mut self, now_ms: u64) {
         let idle = self.limits.idle_timeout_ms;
-        self.allocations.retain(|_, a| {
-            now_ms < a.grant.expires_at_ms && now_ms.saturating_sub(a.active_at_ms) < idle
-        });
+        let over: Vec<[u8; 16]> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| {
+                now_ms >= a.grant.expires_at_ms || now_ms.saturating_sub(a.active_at_ms) >= idle
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in over {
+            self.end(id, false, now_ms);
+        }
+        self.ended.retain(|_, e| now_ms < e.until_ms);
+    }
+
+    /// The broker released allocation `id`: its pair ended.
+    fn release(&mut self, id: [u8; 16], now_ms: u64) {
+        self.counters.released += 1;
+        if self.allocations.contains_key(&id) {
+            self.end(id, true, now_ms);
+        } else {
+            let until_ms = self
+                .ended
+                .get(&id)
+                .map_or(now_ms.saturating_add(self.limits.release_memory_ms), |e| {
+                    e.until_ms
+                });
+            let bytes = self.ended.get(&id).map_or(0, |e| e.bytes);
+            self.remember(
+                id,
+                Ended {
+                    until_ms,
+                    bytes,
+                    released: true,
+                },
+                now_ms,
+            );
+        }
+    }
+
+    /// Removes allocation `id`, remembering it until its grant expires.
+    fn end(&mut self, id: [u8; 16], released: bool, now_ms: u64) {
+        let Some(allocation) = self.allocations.remove(&id) else {
+            return;
+        };
+        for user in [allocation.grant.user_a, allocation.grant.user_b] {
+            if let Some(count) = self.per_user.get_mut(&user) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.per_user.remove(&user);
+                }
+            }
+        }
+        if now_ms < allocation.grant.expires_at_ms {
+            self.remember(
+                id,
+                Ended {
+                    until_ms: allocation.grant.expires_at_ms,
+                    bytes: allocation.bytes,
+                    released,
+                },
+                now_ms,
+            );
+        }
+    }
+
+    /// Remembers an ended allocation; when as many are remembered as allocations may be held,
+    /// the expired ones go first, then the one remembered for the shortest time (the lowest id
+    /// among equals).
+    fn remember(&mut self, id: [u8; 16], ended: Ended, now_ms: u64) {
+        if !self.ended.contains_key(&id) && self.ended.len() >= self.limits.max_allocations {
+            self.ended.retain(|_, e| now_ms < e.until_ms);
+            if self.ended.len() >= self.limits.max_allocations
+                && let Some(soonest) = self
+                    .ended
+                    .iter()
+                    .min_by_key(|(id, e)| (e.until_ms, **id))
+                    .map(|(id, _)| *id)
+            {
+                self.ended.remove(&soonest);
+            }
+        }
+        self.ended.insert(id, ended);
     }
 }
 
@@ -361,17 +520,55 @@ mod tests {
         GrantKey::new(1, *b"relay test secret, 32 bytes long")
     }
 
+    /// Side 0's grant for allocation `[allocation; 16]` of users 1 and 2.
     fn grant(allocation: u8) -> [u8; crate::grant::GRANT_BYTES] {
+        grant_for(allocation, 0)
+    }
+
+    fn grant_for(allocation: u8, side: u8) -> [u8; crate::grant::GRANT_BYTES] {
+        users_grant(allocation, side, [1; 16], [2; 16])
+    }
+
+    fn users_grant(
+        allocation: u8,
+        side: u8,
+        user_a: [u8; 16],
+        user_b: [u8; 16],
+    ) -> [u8; crate::grant::GRANT_BYTES] {
         Grant {
             key_id: 1,
             allocation: [allocation; 16],
-            user_a: [1; 16],
-            user_b: [2; 16],
+            user_a,
+            user_b,
+            side,
             expires_at_ms: NOW + 60_000,
             byte_cap: 10_000,
             rate_bytes_per_sec: 5_000,
         }
         .sign(&key())
+    }
+
+    /// The reason of a Refused answer, if the answer is one.
+    fn refused(answer: Option<Outgoing>) -> Option<RefusedReason> {
+        match wire::decode(&answer?.datagram) {
+            Ok(Message::Refused { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    fn allocate(
+        relay: &mut Relay,
+        port: u16,
+        side: u8,
+        grant: &[u8; crate::grant::GRANT_BYTES],
+        now: u64,
+    ) -> Option<Outgoing> {
+        relay.handle(
+            LOCAL,
+            addr(port),
+            &encode(&Message::Allocate { side, grant }),
+            now,
+        )
     }
 
     fn encode(message: &Message<'_>) -> Vec<u8> {
@@ -391,14 +588,20 @@ mod tests {
     }
 
     fn bound_pair() -> Relay {
-        let mut relay = Relay::new(vec![key()], RelayLimits::default());
-        let g = grant(7);
+        bound_pair_with(RelayLimits::default())
+    }
+
+    fn bound_pair_with(limits: RelayLimits) -> Relay {
+        let mut relay = Relay::new(vec![key()], limits);
         for (side, port) in [(0, 1000), (1, 2000)] {
             let answer = relay
                 .handle(
                     LOCAL,
                     addr(port),
-                    &encode(&Message::Allocate { side, grant: &g }),
+                    &encode(&Message::Allocate {
+                        side,
+                        grant: &grant_for(7, side),
+                    }),
                     NOW,
                 )
                 .expect("answer");
@@ -498,12 +701,13 @@ mod tests {
     #[test]
     fn a_renewed_grant_extends_the_allocation_and_an_older_one_does_not_shorten_it() {
         let mut relay = bound_pair();
-        let renewed = |expires_at_ms| {
+        let renewed = |side, expires_at_ms| {
             Grant {
                 key_id: 1,
                 allocation: [7; 16],
                 user_a: [1; 16],
                 user_b: [2; 16],
+                side,
                 expires_at_ms,
                 byte_cap: 10_000,
                 rate_bytes_per_sec: 5_000,
@@ -517,7 +721,7 @@ mod tests {
                 addr(1000),
                 &encode(&Message::Allocate {
                     side: 0,
-                    grant: &renewed(later),
+                    grant: &renewed(0, later),
                 }),
                 NOW + 1000,
             )
@@ -538,7 +742,7 @@ mod tests {
                 addr(2000),
                 &encode(&Message::Allocate {
                     side: 1,
-                    grant: &renewed(NOW + 100_000),
+                    grant: &renewed(1, NOW + 100_000),
                 }),
                 at,
             )
@@ -587,6 +791,7 @@ mod tests {
             RelayLimits {
                 max_allocations: 10,
                 idle_timeout_ms: 1000,
+                ..RelayLimits::default()
             },
         );
         relay.handle(
@@ -610,7 +815,7 @@ mod tests {
             vec![key()],
             RelayLimits {
                 max_allocations: 2,
-                idle_timeout_ms: 60_000,
+                ..RelayLimits::default()
             },
         );
         for id in 0..3 {
@@ -625,6 +830,224 @@ mod tests {
             );
         }
         assert_eq!(relay.allocation_count(), 2);
+    }
+
+    #[test]
+    fn a_grant_binds_only_the_side_it_was_signed_for() {
+        let mut relay = Relay::new(vec![key()], RelayLimits::default());
+        assert_eq!(
+            refused(allocate(&mut relay, 1000, 1, &grant_for(7, 0), NOW)),
+            Some(RefusedReason::WrongSide),
+            "side 0's grant presented for side 1"
+        );
+        assert_eq!(relay.allocation_count(), 0);
+        assert_eq!(
+            refused(allocate(&mut relay, 1000, 0, &grant_for(7, 0), NOW)),
+            None
+        );
+        assert_eq!(
+            refused(allocate(&mut relay, 2000, 1, &grant_for(7, 1), NOW)),
+            None
+        );
+    }
+
+    #[test]
+    fn each_user_holds_at_most_its_share_of_allocations() {
+        let limits = RelayLimits {
+            max_allocations_per_user: 2,
+            ..RelayLimits::default()
+        };
+        let mut relay = Relay::new(vec![key()], limits);
+        let (alice, bob, carol, dave) = ([1; 16], [2; 16], [3; 16], [4; 16]);
+        for (id, peer) in [(1, bob), (2, carol)] {
+            assert_eq!(
+                refused(allocate(
+                    &mut relay,
+                    1000,
+                    0,
+                    &users_grant(id, 0, alice, peer),
+                    NOW
+                )),
+                None
+            );
+        }
+        assert_eq!(
+            refused(allocate(
+                &mut relay,
+                1000,
+                0,
+                &users_grant(3, 0, alice, dave),
+                NOW
+            )),
+            Some(RefusedReason::UserQuota),
+            "Alice's third"
+        );
+        assert_eq!(
+            refused(allocate(
+                &mut relay,
+                1000,
+                0,
+                &users_grant(4, 0, dave, alice),
+                NOW
+            )),
+            Some(RefusedReason::UserQuota),
+            "Alice on the other side"
+        );
+        assert_eq!(
+            refused(allocate(
+                &mut relay,
+                1000,
+                0,
+                &users_grant(5, 0, carol, dave),
+                NOW
+            )),
+            None,
+            "others are not held back"
+        );
+        assert_eq!(relay.counters().refused_user_quota, 2);
+        // Releasing one of Alice's frees her share.
+        let release = crate::grant::sign_release(&key(), [1; 16], NOW);
+        assert_eq!(
+            relay.handle(
+                LOCAL,
+                addr(9),
+                &encode(&Message::Release { release: &release }),
+                NOW
+            ),
+            None,
+            "a release is never answered"
+        );
+        assert_eq!(
+            refused(allocate(
+                &mut relay,
+                1000,
+                0,
+                &users_grant(3, 0, alice, dave),
+                NOW
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn a_released_allocation_refuses_its_grants_until_they_expire() {
+        let mut relay = bound_pair();
+        let release = crate::grant::sign_release(&key(), [7; 16], NOW);
+        relay.handle(
+            LOCAL,
+            addr(9),
+            &encode(&Message::Release { release: &release }),
+            NOW,
+        );
+        assert_eq!(relay.allocation_count(), 0);
+        assert_eq!(relay.counters().released, 1);
+        assert_eq!(
+            relay.handle(LOCAL, addr(1000), &data(b"x"), NOW),
+            None,
+            "no more forwarding"
+        );
+        assert_eq!(
+            refused(allocate(&mut relay, 1000, 0, &grant_for(7, 0), NOW + 1)),
+            Some(RefusedReason::Released),
+            "its grant cannot bring it back"
+        );
+        // A release that arrives before the allocation exists keeps it from being created.
+        let early = crate::grant::sign_release(&key(), [8; 16], NOW);
+        relay.handle(
+            LOCAL,
+            addr(9),
+            &encode(&Message::Release { release: &early }),
+            NOW,
+        );
+        assert_eq!(
+            refused(allocate(&mut relay, 1000, 0, &grant_for(8, 0), NOW)),
+            Some(RefusedReason::Released)
+        );
+        // A forged or stale release changes nothing.
+        let mut relay = bound_pair();
+        let mut forged = crate::grant::sign_release(&key(), [7; 16], NOW);
+        forged[30] ^= 1;
+        let stale = crate::grant::sign_release(&key(), [7; 16], NOW - 120_000);
+        for bad in [forged, stale] {
+            relay.handle(
+                LOCAL,
+                addr(9),
+                &encode(&Message::Release { release: &bad }),
+                NOW,
+            );
+        }
+        assert_eq!(relay.allocation_count(), 1);
+        assert_eq!(relay.counters().refused_grants, 2);
+    }
+
+    #[test]
+    fn an_allocation_that_idled_out_comes_back_with_the_bytes_it_had_carried() {
+        let limits = RelayLimits {
+            idle_timeout_ms: 1000,
+            ..RelayLimits::default()
+        };
+        let mut relay = bound_pair_with(limits);
+        assert!(
+            relay
+                .handle(LOCAL, addr(1000), &data(&[0; 4000]), NOW)
+                .is_some()
+        );
+        relay.expire(NOW + 1000);
+        assert_eq!(relay.allocation_count(), 0, "idle");
+        let later = NOW + 2000;
+        for (side, port) in [(0, 1000), (1, 2000)] {
+            assert_eq!(
+                refused(allocate(&mut relay, port, side, &grant_for(7, side), later)),
+                None
+            );
+        }
+        assert!(
+            relay
+                .handle(LOCAL, addr(1000), &data(&[0; 4000]), later)
+                .is_some()
+        );
+        assert_eq!(
+            relay.handle(LOCAL, addr(1000), &data(&[0; 4000]), later + 2000),
+            None,
+            "the grant's 10 000 bytes hold across the idle gap"
+        );
+        assert_eq!(relay.counters().dropped_over_limit, 1);
+    }
+
+    #[test]
+    fn the_relay_forwards_at_most_its_aggregate_rate() {
+        let limits = RelayLimits {
+            max_bytes_per_second: 6_000,
+            ..RelayLimits::default()
+        };
+        let mut relay = Relay::new(vec![key()], limits);
+        relay.aggregate_refilled_at_ms = NOW;
+        // Two pairs, each well within its own rate.
+        for (id, a, b) in [(1u8, 1000u16, 2000u16), (2, 3000, 4000)] {
+            for (side, port) in [(0, a), (1, b)] {
+                let grant = users_grant(id, side, [id; 16], [id + 10; 16]);
+                assert_eq!(refused(allocate(&mut relay, port, side, &grant, NOW)), None);
+            }
+        }
+        let chunk = |id: u8| {
+            encode(&Message::Data {
+                allocation: [id; 16],
+                payload: &[0; 4000],
+            })
+        };
+        assert!(relay.handle(LOCAL, addr(1000), &chunk(1), NOW).is_some());
+        assert_eq!(
+            relay.handle(LOCAL, addr(3000), &chunk(2), NOW),
+            None,
+            "8000 B in one instant"
+        );
+        assert_eq!(relay.counters().dropped_over_aggregate, 1);
+        assert!(
+            relay
+                .handle(LOCAL, addr(3000), &chunk(2), NOW + 1000)
+                .is_some(),
+            "refilled"
+        );
     }
 
     fn sa(text: &str) -> SocketAddr {
@@ -783,13 +1206,15 @@ mod tests {
     fn one_allocation_table_serves_every_address_and_data_leaves_where_it_arrived() {
         let mut relay = multi_homed();
         let (first, second) = (sa("192.0.2.1:7371"), sa("198.51.100.1:7371"));
-        let g = grant(7);
         for (side, port, local) in [(0, 1000, first), (1, 2000, second)] {
             let answer = relay
                 .handle(
                     local,
                     addr(port),
-                    &encode(&Message::Allocate { side, grant: &g }),
+                    &encode(&Message::Allocate {
+                        side,
+                        grant: &grant_for(7, side),
+                    }),
                     NOW,
                 )
                 .expect("answer");

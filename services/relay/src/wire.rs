@@ -12,6 +12,7 @@
 //! | 4 | [`Message::Allocated`] | allocation (16), expiry in ms (8) |
 //! | 5 | [`Message::Refused`] | allocation (16), reason (1) |
 //! | 6 | [`Message::Data`] | allocation (16), payload (the rest, opaque) |
+//! | 7 | [`Message::Release`] | release ([`RELEASE_BYTES`]: key id, allocation, issue time, MAC) |
 //!
 //! An address is a family byte (4 or 6), the port (2) and the IP (4 or 16 bytes). A binding
 //! request is padded so that it is never smaller than any binding response: the reflector cannot
@@ -25,7 +26,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::grant::GRANT_BYTES;
+use crate::grant::{GRANT_BYTES, RELEASE_BYTES};
 
 /// The first two bytes of every relay datagram.
 pub const MAGIC: [u8; 2] = *b"RY";
@@ -53,6 +54,12 @@ pub enum RefusedReason {
     OverLimit,
     /// No such allocation, or not from one of its two addresses.
     UnknownAllocation,
+    /// The grant is for the other side.
+    WrongSide,
+    /// The allocation was released (its pair ended): its grants no longer count.
+    Released,
+    /// One of the grant's users holds as many allocations as a user may.
+    UserQuota,
 }
 
 impl RefusedReason {
@@ -64,6 +71,9 @@ impl RefusedReason {
             Self::Full => 4,
             Self::OverLimit => 5,
             Self::UnknownAllocation => 6,
+            Self::WrongSide => 7,
+            Self::Released => 8,
+            Self::UserQuota => 9,
         }
     }
 
@@ -75,6 +85,9 @@ impl RefusedReason {
             4 => Self::Full,
             5 => Self::OverLimit,
             6 => Self::UnknownAllocation,
+            7 => Self::WrongSide,
+            8 => Self::Released,
+            9 => Self::UserQuota,
             _ => return None,
         })
     }
@@ -159,6 +172,12 @@ pub enum Message<'a> {
         allocation: [u8; 16],
         /// The peers' opaque, end-to-end encrypted bytes.
         payload: &'a [u8],
+    },
+    /// The broker ends an allocation whose pair ended (signed, see
+    /// [`crate::grant::sign_release`]). Never answered.
+    Release {
+        /// The signed release.
+        release: &'a [u8; RELEASE_BYTES],
     },
 }
 
@@ -257,6 +276,11 @@ pub fn decode(datagram: &[u8]) -> Result<Message<'_>, WireError> {
             allocation: take(body, 0)?,
             payload: &body[16..],
         }),
+        7 => {
+            exact(RELEASE_BYTES)?;
+            let release = body.try_into().map_err(|_| WireError::Length)?;
+            Ok(Message::Release { release })
+        }
         kind => Err(WireError::Kind(kind)),
     }
 }
@@ -281,6 +305,7 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
         Message::Allocated { .. } => 4,
         Message::Refused { .. } => 5,
         Message::Data { .. } => 6,
+        Message::Release { .. } => 7,
     };
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&[VERSION, kind]);
@@ -333,6 +358,7 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(allocation);
             out.extend_from_slice(payload);
         }
+        Message::Release { release } => out.extend_from_slice(&release[..]),
     }
 }
 
@@ -416,6 +442,19 @@ mod tests {
             allocation: [4; 16],
             payload: b"",
         });
+        for reason in [
+            RefusedReason::WrongSide,
+            RefusedReason::Released,
+            RefusedReason::UserQuota,
+        ] {
+            round_trip(&Message::Refused {
+                allocation: [3; 16],
+                reason,
+            });
+        }
+        round_trip(&Message::Release {
+            release: &[6; RELEASE_BYTES],
+        });
     }
 
     #[test]
@@ -467,7 +506,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_after_a_valid_header_never_panic(kind in 0u8..8, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn arbitrary_bytes_after_a_valid_header_never_panic(kind in 0u8..9, body in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut bytes = vec![b'R', b'Y', VERSION, kind];
             bytes.extend_from_slice(&body);
             if let Ok(message) = decode(&bytes) {

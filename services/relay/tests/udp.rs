@@ -23,12 +23,18 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// Side 0's grant.
 fn grant(allocation: u8, expires_at_ms: u64) -> [u8; GRANT_BYTES] {
+    grant_side(allocation, 0, expires_at_ms)
+}
+
+fn grant_side(allocation: u8, side: u8, expires_at_ms: u64) -> [u8; GRANT_BYTES] {
     Grant {
         key_id: 0,
         allocation: [allocation; 16],
         user_a: [1; 16],
         user_b: [2; 16],
+        side,
         expires_at_ms,
         byte_cap: 1 << 30,
         rate_bytes_per_sec: 1 << 30,
@@ -122,8 +128,8 @@ async fn two_peers_exchange_datagrams_through_an_allocation_and_nobody_else_can(
     let (server, shutdown) = relay().await;
     let relay_addr = server.local_addr();
     let (a, b, intruder) = (peer().await, peer().await, peer().await);
-    let g = grant(5, now_ms() + 60_000);
     for (socket, side) in [(&a, 0), (&b, 1)] {
+        let g = grant_side(5, side, now_ms() + 60_000);
         let answer = allocate(socket, relay_addr, side, &g).await;
         assert!(matches!(
             wire::decode(&answer),
@@ -143,7 +149,7 @@ async fn two_peers_exchange_datagrams_through_an_allocation_and_nobody_else_can(
     assert_eq!(receive(&a).await, data);
 
     // The same grant from a third address cannot take a side, and its data goes nowhere.
-    let refused = allocate(&intruder, relay_addr, 0, &g).await;
+    let refused = allocate(&intruder, relay_addr, 0, &grant(5, now_ms() + 60_000)).await;
     assert!(matches!(
         wire::decode(&refused),
         Ok(Message::Refused { .. })
@@ -161,8 +167,8 @@ async fn a_grant_replayed_from_a_third_address_after_both_peers_bound_gains_it_n
     let (server, shutdown) = relay().await;
     let relay_addr = server.local_addr();
     let (a, b, thief) = (peer().await, peer().await, peer().await);
-    let g = grant(8, now_ms() + 60_000);
     for (socket, side) in [(&a, 0), (&b, 1)] {
+        let g = grant_side(8, side, now_ms() + 60_000);
         let answer = allocate(socket, relay_addr, side, &g).await;
         assert!(matches!(
             wire::decode(&answer),
@@ -175,6 +181,7 @@ async fn a_grant_replayed_from_a_third_address_after_both_peers_bound_gains_it_n
 
     // The valid grant, replayed for either side, binds nothing.
     for side in [0, 1] {
+        let g = grant_side(8, side, now_ms() + 60_000);
         let answer = allocate(&thief, relay_addr, side, &g).await;
         assert_eq!(
             wire::decode(&answer),
@@ -263,6 +270,7 @@ fn junk(i: u32, seed: u64, real: &[u8; GRANT_BYTES]) -> Vec<u8> {
                     allocation: [(seed >> 8) as u8 % 16; 16],
                     user_a: [1; 16],
                     user_b: [2; 16],
+                    side: (seed >> 24) as u8 & 1,
                     expires_at_ms: now_ms() + 60_000,
                     byte_cap: 1 << 30,
                     rate_bytes_per_sec: 1 << 30,
@@ -284,8 +292,8 @@ async fn ten_thousand_junk_datagrams_leave_state_bounded_and_traffic_flowing() {
     let (server, shutdown) = relay().await;
     let relay_addr = server.local_addr();
     let (a, b, junk_peer) = (peer().await, peer().await, peer().await);
-    let g = grant(7, now_ms() + 60_000);
     for (socket, side) in [(&a, 0), (&b, 1)] {
+        let g = grant_side(7, side, now_ms() + 60_000);
         let answer = allocate(socket, relay_addr, side, &g).await;
         assert!(matches!(
             wire::decode(&answer),
@@ -299,7 +307,7 @@ async fn ten_thousand_junk_datagrams_leave_state_bounded_and_traffic_flowing() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let bytes = junk(i, seed, &g);
+        let bytes = junk(i, seed, &grant(7, now_ms() + 60_000));
         match wire::decode(&bytes) {
             Ok(Message::Allocate { .. }) => expected.refused_grants += 1,
             Ok(Message::Data { .. }) => expected.dropped_unauthorised += 1,

@@ -14,12 +14,18 @@
 //!   on another port too where the relay has one; or from the same IP on another port. When the
 //!   relay has no such address the request gets no answer and is counted as unanswerable;
 //! - junk, answers and unverified grants get no answer and create no state; only a verified
-//!   grant creates an allocation, and never more than `max_allocations`;
-//! - the first presentation of a side binds it; another address presenting it is refused;
+//!   grant creates an allocation, and never more than `max_allocations` in all, nor more than
+//!   `max_allocations_per_user` for any user;
+//! - a grant binds only the side it was signed for; the first presentation of a side binds it;
+//!   another address presenting it is refused;
+//! - a verified, fresh release ends its allocation (never answered); a released allocation's
+//!   grants are refused until they expire; an allocation that idled out comes back with the
+//!   bytes it had carried, so the byte cap holds for a grant's whole life;
 //! - Data is forwarded unchanged only from one bound side to the other, never over the byte
 //!   cap or the token-bucket rate, never after the grant's expiry; and after a second without
 //!   Data, a datagram within the cap and the rate is forwarded;
-//! - `expire` ends exactly the allocations past their expiry or idle timeout.
+//! - `expire` ends exactly the allocations past their expiry or idle timeout, and remembers the
+//!   idle ones until their grant expires, at most `max_allocations` of them.
 //!
 //! Run every target (stable toolchain, cargo-fuzz installed on demand):
 //! `bash services/relay/fuzz/run.sh`; this one alone for a minute:
@@ -33,7 +39,7 @@ use std::net::SocketAddr;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use rally_relay::allocations::{Counters, Outgoing, Relay, RelayLimits};
-use rally_relay::grant::{GRANT_BYTES, Grant, GrantKey};
+use rally_relay::grant::{GRANT_BYTES, Grant, GrantKey, sign_release, verify_release};
 use rally_relay::wire::{self, Message, RefusedReason, RespondFrom};
 
 /// The clock starts at a realistic Unix time in milliseconds.
@@ -43,6 +49,8 @@ const START_MS: u64 = 1_700_000_000_000;
 struct Input {
     /// 1 to 4 allocations.
     max_allocations: u8,
+    /// 1 to 4 allocations per user.
+    max_allocations_per_user: u8,
     idle_timeout_ms: u16,
     /// Which of [`LISTEN`] the relay listens on, a bit each (none: the first).
     listen: u8,
@@ -79,6 +87,16 @@ enum Step {
     },
     /// Any bytes at all.
     Raw { from: u8, at: u8, bytes: Vec<u8> },
+    /// The broker releases one of five allocation ids, with the relay's keys or not, issued
+    /// `age_ms` ago (negative: ahead of the relay's clock), perhaps tampered with.
+    Release {
+        from: u8,
+        at: u8,
+        allocation: u8,
+        key: u8,
+        age_ms: i32,
+        tamper: Option<(u8, u8)>,
+    },
 }
 
 /// The addresses the relay may listen on: two ports on one IPv4 address, another IPv4 address,
@@ -95,6 +113,10 @@ const LISTEN: [&str; 5] = [
 struct GrantSpec {
     /// One of a few ids, so that grants collide.
     allocation: u8,
+    /// The side it is signed for (`% 2`).
+    side: u8,
+    /// One of a few pairs of users, so that users hold several allocations.
+    users: u8,
     /// 0 and 1: the relay's keys; otherwise a key it does not have.
     key: u8,
     /// Relative to now; zero or negative is already expired.
@@ -131,6 +153,9 @@ fn allocation_id(index: u8) -> [u8; 16] {
     [index % 5; 16]
 }
 
+/// The pairs of users grants name (each byte fills a user id).
+const USERS: [(u8, u8); 4] = [(0xa, 0xb), (0xa, 0xc), (0xc, 0xb), (0xd, 0xe)];
+
 fn sign(spec: &GrantSpec, now_ms: u64) -> [u8; GRANT_BYTES] {
     let keys = keys();
     let key = &keys[usize::from(spec.key).min(2)];
@@ -138,8 +163,9 @@ fn sign(spec: &GrantSpec, now_ms: u64) -> [u8; GRANT_BYTES] {
     let mut bytes = Grant {
         key_id: 0,
         allocation: allocation_id(spec.allocation % 4),
-        user_a: [0xa; 16],
-        user_b: [0xb; 16],
+        user_a: [USERS[usize::from(spec.users) % USERS.len()].0; 16],
+        user_b: [USERS[usize::from(spec.users) % USERS.len()].1; 16],
+        side: spec.side % 2,
         expires_at_ms,
         byte_cap: u64::from(spec.byte_cap),
         rate_bytes_per_sec: u32::from(spec.rate_bytes_per_sec),
@@ -157,10 +183,23 @@ struct Shadow {
     grant: Grant,
     sides: [Option<SocketAddr>; 2],
     bytes: u64,
+    /// When it was first created (it may have idled out and come back since).
     created_at_ms: u64,
+    /// How many times it was created (each time with a full token bucket).
+    creations: u64,
     active_at_ms: u64,
     /// The last Data from a bound side before expiry (when the token bucket refilled).
     refilled_at_ms: u64,
+}
+
+/// What the model knows of an allocation that ended before its grant expired.
+#[derive(Clone, Copy, Debug)]
+struct EndedShadow {
+    until_ms: u64,
+    bytes: u64,
+    released: bool,
+    created_at_ms: u64,
+    creations: u64,
 }
 
 /// The relay under test and a shadow model of what its docs promise.
@@ -171,6 +210,7 @@ struct Harness {
     keys: Vec<GrantKey>,
     limits: RelayLimits,
     model: HashMap<[u8; 16], Shadow>,
+    ended: HashMap<[u8; 16], EndedShadow>,
     now_ms: u64,
 }
 
@@ -178,7 +218,11 @@ impl Harness {
     fn new(input: &Input) -> Self {
         let limits = RelayLimits {
             max_allocations: usize::from(input.max_allocations % 4) + 1,
+            max_allocations_per_user: usize::from(input.max_allocations_per_user % 4) + 1,
+            // The aggregate rate is the unit tests' business: out of the way here.
+            max_bytes_per_second: u64::MAX,
             idle_timeout_ms: u64::from(input.idle_timeout_ms),
+            release_memory_ms: 600_000,
         };
         let keys = keys()[..2].to_vec();
         let mut listen: Vec<SocketAddr> = LISTEN
@@ -198,6 +242,7 @@ impl Harness {
             keys,
             limits,
             model: HashMap::new(),
+            ended: HashMap::new(),
             now_ms: START_MS,
         }
     }
@@ -257,6 +302,27 @@ impl Harness {
                 }),
             ),
             Step::Raw { from, at, bytes } => (source(*from), *at, bytes.clone()),
+            Step::Release {
+                from,
+                at,
+                allocation,
+                key,
+                age_ms,
+                tamper,
+            } => {
+                let keys = keys();
+                let key = &keys[usize::from(*key).min(2)];
+                let issued = self.now_ms.saturating_add_signed(-i64::from(*age_ms));
+                let mut release = sign_release(key, allocation_id(*allocation), issued);
+                if let Some((at, bit)) = tamper {
+                    release[usize::from(*at) % release.len()] ^= 1 << (bit % 8);
+                }
+                (
+                    source(*from),
+                    *at,
+                    encode(&Message::Release { release: &release }),
+                )
+            }
         };
         let local = self.listen[usize::from(at) % self.listen.len()];
         self.datagram(local, from, &datagram);
@@ -265,10 +331,90 @@ impl Harness {
     fn expire(&mut self) {
         let (now, idle) = (self.now_ms, self.limits.idle_timeout_ms);
         self.relay.expire(now);
-        self.model.retain(|_, shadow| {
-            now < shadow.grant.expires_at_ms && now - shadow.active_at_ms < idle
-        });
+        let over: Vec<[u8; 16]> = self
+            .model
+            .iter()
+            .filter(|(_, s)| now >= s.grant.expires_at_ms || now - s.active_at_ms >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in over {
+            self.end(id, false);
+        }
+        self.ended.retain(|_, e| now < e.until_ms);
         assert_eq!(self.relay.allocation_count(), self.model.len(), "expire");
+    }
+
+    /// The model's side of the relay ending allocation `id`.
+    fn end(&mut self, id: [u8; 16], released: bool) {
+        let Some(shadow) = self.model.remove(&id) else {
+            return;
+        };
+        if self.now_ms < shadow.grant.expires_at_ms {
+            self.remember(
+                id,
+                EndedShadow {
+                    until_ms: shadow.grant.expires_at_ms,
+                    bytes: shadow.bytes,
+                    released,
+                    created_at_ms: shadow.created_at_ms,
+                    creations: shadow.creations,
+                },
+            );
+        }
+    }
+
+    /// The model's side of the relay remembering an ended allocation (the same bound and
+    /// eviction order as the relay's).
+    fn remember(&mut self, id: [u8; 16], ended: EndedShadow) {
+        let now = self.now_ms;
+        if !self.ended.contains_key(&id) && self.ended.len() >= self.limits.max_allocations {
+            self.ended.retain(|_, e| now < e.until_ms);
+            if self.ended.len() >= self.limits.max_allocations
+                && let Some(soonest) = self
+                    .ended
+                    .iter()
+                    .min_by_key(|(id, e)| (e.until_ms, **id))
+                    .map(|(id, _)| *id)
+            {
+                self.ended.remove(&soonest);
+            }
+        }
+        self.ended.insert(id, ended);
+    }
+
+    fn release(
+        &mut self,
+        release: &[u8; rally_relay::grant::RELEASE_BYTES],
+        out: Option<&Outgoing>,
+        before: Counters,
+        after: Counters,
+    ) {
+        assert_eq!(out, None, "a release is never answered");
+        let Ok(id) = verify_release(release, &self.keys, self.now_ms) else {
+            assert_eq!(
+                after.refused_grants,
+                before.refused_grants + 1,
+                "a bad release"
+            );
+            return;
+        };
+        assert_eq!(after.released, before.released + 1);
+        if self.model.contains_key(&id) {
+            self.end(id, true);
+        } else {
+            let known = self.ended.get(&id).copied();
+            self.remember(
+                id,
+                EndedShadow {
+                    until_ms: known
+                        .map_or(self.now_ms + self.limits.release_memory_ms, |e| e.until_ms),
+                    bytes: known.map_or(0, |e| e.bytes),
+                    released: true,
+                    created_at_ms: known.map_or(self.now_ms, |e| e.created_at_ms),
+                    creations: known.map_or(0, |e| e.creations),
+                },
+            );
+        }
     }
 
     fn datagram(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]) {
@@ -320,6 +466,7 @@ impl Harness {
                 assert_eq!(after.bindings, before.bindings + 1);
             }
             Ok(Message::Allocate { side, grant }) => self.allocate(from, side, grant, out.as_ref()),
+            Ok(Message::Release { release }) => self.release(release, out.as_ref(), before, after),
             Ok(Message::Data {
                 allocation,
                 payload,
@@ -352,7 +499,11 @@ impl Harness {
                 + c.refused_grants
                 + c.dropped_unauthorised
                 + c.dropped_over_limit
+                + c.refused_user_quota
+                + c.released
         };
+        assert_eq!(after.dropped_over_aggregate, 0, "no aggregate rate here");
+        assert!(self.ended.len() <= self.limits.max_allocations);
         let moved = total(after) - total(before);
         assert!(moved <= 1, "{before:?} -> {after:?}");
     }
@@ -419,25 +570,46 @@ impl Harness {
         let out = out.expect("a verified grant is answered");
         assert_eq!(out.to, from);
         let answer = wire::decode(&out.datagram).expect("decodes");
+        let refused = |reason| Message::Refused {
+            allocation: id,
+            reason,
+        };
+        if side != grant.side {
+            assert_eq!(answer, refused(RefusedReason::WrongSide));
+            return;
+        }
         if !self.model.contains_key(&id) {
-            if self.model.len() >= self.limits.max_allocations {
-                assert_eq!(
-                    answer,
-                    Message::Refused {
-                        allocation: id,
-                        reason: RefusedReason::Full
-                    }
-                );
+            let ended = self.ended.get(&id).copied();
+            if ended.is_some_and(|e| e.released) {
+                assert_eq!(answer, refused(RefusedReason::Released));
                 return;
             }
+            if self.model.len() >= self.limits.max_allocations {
+                assert_eq!(answer, refused(RefusedReason::Full));
+                return;
+            }
+            let held = |user: [u8; 16]| {
+                self.model
+                    .values()
+                    .filter(|s| s.grant.user_a == user || s.grant.user_b == user)
+                    .count()
+            };
+            if held(grant.user_a) >= self.limits.max_allocations_per_user
+                || held(grant.user_b) >= self.limits.max_allocations_per_user
+            {
+                assert_eq!(answer, refused(RefusedReason::UserQuota));
+                return;
+            }
+            self.ended.remove(&id);
             let now = self.now_ms;
             self.model.insert(
                 id,
                 Shadow {
                     grant,
                     sides: [None, None],
-                    bytes: 0,
-                    created_at_ms: now,
+                    bytes: ended.map_or(0, |e| e.bytes),
+                    created_at_ms: ended.map_or(now, |e| e.created_at_ms),
+                    creations: ended.map_or(0, |e| e.creations) + 1,
                     active_at_ms: now,
                     refilled_at_ms: now,
                 },
@@ -524,10 +696,12 @@ impl Harness {
         );
         shadow.bytes += size;
         shadow.active_at_ms = now;
-        // A full bucket at creation plus the refills since: rate × (1 s + elapsed), with one
-        // byte of slack for the floating-point bucket.
+        // A full bucket at each creation plus the refills since the first: rate × (1 s per
+        // creation + elapsed), with one byte of slack per creation for the floating-point bucket.
         let rate = u128::from(shadow.grant.rate_bytes_per_sec);
-        let budget = rate * u128::from(1000 + now - shadow.created_at_ms) + 1000;
+        let creations = u128::from(shadow.creations);
+        let budget =
+            rate * (1000 * creations + u128::from(now - shadow.created_at_ms)) + 1000 * creations;
         assert!(
             u128::from(shadow.bytes) * 1000 <= budget,
             "{} bytes forwarded in {} ms at {rate} B/s",
