@@ -7,7 +7,10 @@ use futures::StreamExt;
 use rally_proto::broker::v1::attach_request::Body as Req;
 use rally_proto::broker::v1::attach_response::Body;
 use rally_proto::broker::v1::broker_client::BrokerClient;
-use rally_proto::broker::v1::{AttachRequest, AttachResponse, Hello, Ping, Welcome};
+use rally_proto::broker::v1::{
+    Accept, AttachRequest, AttachResponse, Connect, Hello, Ping, PunchStart, RelayGrant, Welcome,
+};
+use rally_relay::wire::{self, Message};
 use tokio::sync::mpsc;
 use tonic::codec::Streaming;
 
@@ -145,4 +148,92 @@ impl Attached {
         assert_eq!(answer.request_id, id, "unexpected message: {answer:?}");
         assert!(matches!(answer.body, Some(Body::Pong(_))));
     }
+}
+
+/// Connect to `user`.
+pub fn connect(user: &TestUser) -> Req {
+    Req::Connect(Connect {
+        user_id: user.user_id.clone(),
+    })
+}
+
+/// Accept `user`'s request.
+pub fn accept(user: &TestUser) -> Req {
+    Req::Accept(Accept {
+        user_id: user.user_id.clone(),
+    })
+}
+
+/// A connects to B and B accepts; checks every message both receive, in order, and returns
+/// (A's PunchStart, B's PunchStart).
+pub async fn handshake(
+    a: &mut Attached,
+    a_user: &TestUser,
+    b: &mut Attached,
+    b_user: &TestUser,
+) -> (PunchStart, PunchStart) {
+    let connect_id = a.send(connect(b_user));
+    let ack = a.next().await;
+    assert_eq!(ack.request_id, connect_id);
+    assert!(matches!(ack.body, Some(Body::Ack(_))), "{ack:?}");
+    match b.unsolicited().await {
+        Body::PeerConnectRequest(request) => assert_eq!(request.user_id, a_user.user_id),
+        other => panic!("expected PeerConnectRequest, got {other:?}"),
+    }
+    assert!(matches!(b.request(accept(a_user)).await, Body::Ack(_)));
+    let accepted = a.next().await;
+    assert_eq!(
+        accepted.request_id, connect_id,
+        "ConnectAccepted answers the Connect"
+    );
+    match accepted.body {
+        Some(Body::ConnectAccepted(accepted)) => assert_eq!(accepted.user_id, b_user.user_id),
+        other => panic!("expected ConnectAccepted, got {other:?}"),
+    }
+    let info_of = |body: Body| match body {
+        Body::PeerInfo(info) => info,
+        other => panic!("expected PeerInfo, got {other:?}"),
+    };
+    let punch_of = |body: Body| match body {
+        Body::PunchStart(punch) => punch,
+        other => panic!("expected PunchStart, got {other:?}"),
+    };
+    let a_info = info_of(a.unsolicited().await);
+    let b_info = info_of(b.unsolicited().await);
+    assert_eq!(a_info.user_id, b_user.user_id);
+    assert_eq!(b_info.user_id, a_user.user_id);
+    let a_punch = punch_of(a.unsolicited().await);
+    let b_punch = punch_of(b.unsolicited().await);
+    assert_eq!(a_punch.user_id, b_user.user_id);
+    assert_eq!(b_punch.user_id, a_user.user_id);
+    assert_eq!(a_punch.start_at, b_punch.start_at, "a common start time");
+    assert_ne!(a_punch.role, b_punch.role, "exactly one side dials");
+    assert_eq!(a_punch.candidates, a_info.candidates);
+    assert_eq!(b_punch.candidates, b_info.candidates);
+    (a_punch, b_punch)
+}
+
+/// Presents `grant` to the relay at `relay` from `socket`; the relay's answer.
+pub async fn present(
+    socket: &tokio::net::UdpSocket,
+    relay: std::net::SocketAddr,
+    grant: &RelayGrant,
+) -> Vec<u8> {
+    let token: &[u8; rally_relay::grant::GRANT_BYTES] =
+        grant.token.as_slice().try_into().expect("grant size");
+    let mut datagram = Vec::new();
+    wire::encode(
+        &Message::Allocate {
+            side: u8::try_from(grant.side).expect("side"),
+            grant: token,
+        },
+        &mut datagram,
+    );
+    socket.send_to(&datagram, relay).await.expect("send");
+    let mut buf = [0u8; 256];
+    let (len, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("receive");
+    buf[..len].to_vec()
 }

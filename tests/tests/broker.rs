@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use rally_e2e::attach::{Attached, open};
+use rally_e2e::attach::{Attached, accept, connect, handshake, open, present};
 use rally_e2e::{Backend, TestServer, TestUser, on_both_backends};
 use rally_proto::broker::v1::attach_request::Body as Req;
 use rally_proto::broker::v1::attach_response::Body;
@@ -51,67 +51,6 @@ fn error_code(body: &Body) -> ErrorCode {
         Body::Error(error) => ErrorCode::try_from(error.code).expect("a known code"),
         other => panic!("expected an Error, got {other:?}"),
     }
-}
-
-fn connect(user: &TestUser) -> Req {
-    Req::Connect(Connect {
-        user_id: user.user_id.clone(),
-    })
-}
-
-fn accept(user: &TestUser) -> Req {
-    Req::Accept(Accept {
-        user_id: user.user_id.clone(),
-    })
-}
-
-/// A connects to B and B accepts; checks every message both receive, in order, and returns
-/// (A's PunchStart, B's PunchStart).
-async fn handshake(
-    a: &mut Attached,
-    a_user: &TestUser,
-    b: &mut Attached,
-    b_user: &TestUser,
-) -> (PunchStart, PunchStart) {
-    let connect_id = a.send(connect(b_user));
-    let ack = a.next().await;
-    assert_eq!(ack.request_id, connect_id);
-    assert!(matches!(ack.body, Some(Body::Ack(_))), "{ack:?}");
-    match b.unsolicited().await {
-        Body::PeerConnectRequest(request) => assert_eq!(request.user_id, a_user.user_id),
-        other => panic!("expected PeerConnectRequest, got {other:?}"),
-    }
-    assert!(matches!(b.request(accept(a_user)).await, Body::Ack(_)));
-    let accepted = a.next().await;
-    assert_eq!(
-        accepted.request_id, connect_id,
-        "ConnectAccepted answers the Connect"
-    );
-    match accepted.body {
-        Some(Body::ConnectAccepted(accepted)) => assert_eq!(accepted.user_id, b_user.user_id),
-        other => panic!("expected ConnectAccepted, got {other:?}"),
-    }
-    let info_of = |body: Body| match body {
-        Body::PeerInfo(info) => info,
-        other => panic!("expected PeerInfo, got {other:?}"),
-    };
-    let punch_of = |body: Body| match body {
-        Body::PunchStart(punch) => punch,
-        other => panic!("expected PunchStart, got {other:?}"),
-    };
-    let a_info = info_of(a.unsolicited().await);
-    let b_info = info_of(b.unsolicited().await);
-    assert_eq!(a_info.user_id, b_user.user_id);
-    assert_eq!(b_info.user_id, a_user.user_id);
-    let a_punch = punch_of(a.unsolicited().await);
-    let b_punch = punch_of(b.unsolicited().await);
-    assert_eq!(a_punch.user_id, b_user.user_id);
-    assert_eq!(b_punch.user_id, a_user.user_id);
-    assert_eq!(a_punch.start_at, b_punch.start_at, "a common start time");
-    assert_ne!(a_punch.role, b_punch.role, "exactly one side dials");
-    assert_eq!(a_punch.candidates, a_info.candidates);
-    assert_eq!(b_punch.candidates, b_info.candidates);
-    (a_punch, b_punch)
 }
 
 async fn attach_welcomes_and_answers_pings(server: &TestServer) {
@@ -522,6 +461,22 @@ async fn relay_grants_work_on_the_real_relay(server: &TestServer) {
         })
     );
 
+    // A side's grant binds that side only: Bob cannot take Alice's side with his.
+    let stolen = RelayGrant {
+        side: mine.side,
+        ..theirs.clone()
+    };
+    let thief = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    assert!(matches!(
+        wire::decode(&present(&thief, relay, &stolen).await),
+        Ok(Message::Refused {
+            reason: wire::RefusedReason::WrongSide,
+            ..
+        })
+    ));
+
     // Asking again renews the same allocation.
     let Body::RelayGrant(renewed) = b
         .request(Req::RequestRelayGrant(RequestRelayGrant {
@@ -545,6 +500,32 @@ async fn relay_grants_work_on_the_real_relay(server: &TestServer) {
         Ok(Message::Allocated {
             allocation,
             expires_at_ms: millis(&renewed)
+        })
+    );
+
+    // Closing the pair releases the allocation: the relay drops it, and its grants, still
+    // unexpired, cannot bring it back.
+    let released_before = server.relay_counters().expect("relay").released;
+    assert!(matches!(
+        a.request(Req::Close(Close {
+            user_id: bob.user_id.clone(),
+        }))
+        .await,
+        Body::Ack(_)
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.relay_counters().expect("relay").released == released_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never saw the release"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        wire::decode(&present(&sock_a, relay, &mine).await),
+        Ok(Message::Refused {
+            allocation,
+            reason: wire::RefusedReason::Released
         })
     );
 }
@@ -967,29 +948,6 @@ async fn users_on_two_replicas_complete_the_whole_handshake() {
 }
 
 /// Presents a grant to `relay` from `socket`; returns the relay's answer.
-async fn present(
-    socket: &tokio::net::UdpSocket,
-    relay: std::net::SocketAddr,
-    grant: &RelayGrant,
-) -> Vec<u8> {
-    let token: &[u8; rally_relay::grant::GRANT_BYTES] =
-        grant.token.as_slice().try_into().expect("grant size");
-    let mut datagram = Vec::new();
-    wire::encode(
-        &Message::Allocate {
-            side: u8::try_from(grant.side).expect("side"),
-            grant: token,
-        },
-        &mut datagram,
-    );
-    socket.send_to(&datagram, relay).await.expect("send");
-    let mut buf = [0u8; 256];
-    let (len, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
-        .await
-        .expect("an answer")
-        .expect("receive");
-    buf[..len].to_vec()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_keeps_accepting_grants_signed_with_an_older_secret() {

@@ -12,14 +12,16 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rally_e2e::attach::Attached;
+use rally_e2e::attach::{Attached, handshake, present};
 use rally_e2e::{Backend, TestServer, TestUser};
 use rally_proto::broker::v1::attach_request::Body as Req;
 use rally_proto::broker::v1::attach_response::Body;
 use rally_proto::broker::v1::{
-    Candidate, CandidateKind, Connect, ErrorCode, Hello, NatType, RelayPolicy, SocketAddress,
+    Candidate, CandidateKind, Close, Connect, ErrorCode, Hello, NatType, RelayGrant, RelayPolicy,
+    RequestRelayGrant, SocketAddress,
 };
 use rally_proto::rooms::v1::{CreateRoomRequest, GetCurrentRoomRequest, GetRoomRequest};
+use rally_relay::wire::{self, Message, RefusedReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -681,6 +683,128 @@ async fn a_refresh_flood_with_random_tokens_on_sqlite() {
                 sent: CALLS,
                 answer: format!(
                     "{unauthenticated} UNAUTHENTICATED (unknown token), {exhausted} RESOURCE_EXHAUSTED"
+                ),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+/// One relayed pair: `a` asks for a grant for its pair with `b`; both present theirs.
+async fn relay_pair(
+    relay: std::net::SocketAddr,
+    a: &mut Attached,
+    b: &mut Attached,
+    b_user: &TestUser,
+) -> (RelayGrant, RelayGrant, Vec<Vec<u8>>) {
+    let Body::RelayGrant(mine) = a
+        .request(Req::RequestRelayGrant(RequestRelayGrant {
+            user_id: b_user.user_id.clone(),
+        }))
+        .await
+    else {
+        panic!("expected a RelayGrant");
+    };
+    let Body::RelayGrant(theirs) = b.unsolicited().await else {
+        panic!("expected the peer's RelayGrant");
+    };
+    let mut answers = Vec::new();
+    for grant in [&mine, &theirs] {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        answers.push(present(&socket, relay, grant).await);
+    }
+    (mine, theirs, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_allocation_churn_by_two_accounts() {
+    const CYCLES: usize = 100;
+    let _one_at_a_time = SERIAL.lock().await;
+    // Room for half the churn's allocations: without releases, the churn fills the relay. The
+    // broker's signal rate is lifted so that the churn runs as fast as the server allows.
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            "--relay-max-allocations",
+            "50",
+            "--broker-signals-per-second",
+            "100000",
+            "--broker-signal-burst",
+            "100000",
+        ],
+    )
+    .await
+    .expect("SQLite");
+    let relay = server.relay_addr().expect("a relay");
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let (carol, dave) = (server.user("carol").await, server.user("dave").await);
+    let server_ref = &server;
+    run(
+        "relay allocation churn by two accounts (Close, Connect, Accept, grant, allocate)",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            let mut a = Attached::new(server_ref, &alice, hello(1)).await;
+            let mut b = Attached::new(server_ref, &bob, hello(2)).await;
+            let mut replayed = 0;
+            for _ in 0..CYCLES {
+                handshake(&mut a, &alice, &mut b, &bob).await;
+                let (mine, _, answers) = relay_pair(relay, &mut a, &mut b, &bob).await;
+                for answer in answers {
+                    assert!(
+                        matches!(wire::decode(&answer), Ok(Message::Allocated { .. })),
+                        "{:?}",
+                        wire::decode(&answer)
+                    );
+                }
+                assert!(matches!(
+                    a.request(Req::Close(Close {
+                        user_id: bob.user_id.clone(),
+                    }))
+                    .await,
+                    Body::Ack(_)
+                ));
+                assert!(matches!(b.unsolicited().await, Body::PeerClosed(_)));
+                // The closed pair's grant, presented again, brings nothing back once the relay
+                // has the release (sent before the Ack; the relay may not have read it yet).
+                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                if let Ok(Message::Refused {
+                    reason: RefusedReason::Released,
+                    ..
+                }) = wire::decode(&present(&socket, relay, &mine).await)
+                {
+                    replayed += 1;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while server_ref.relay_counters().expect("relay").released < CYCLES as u64 {
+                assert!(tokio::time::Instant::now() < deadline, "releases missing");
+                tokio::task::yield_now().await;
+            }
+            // A third pair still gets an allocation.
+            let mut c = Attached::new(server_ref, &carol, hello(3)).await;
+            let mut d = Attached::new(server_ref, &dave, hello(4)).await;
+            handshake(&mut c, &carol, &mut d, &dave).await;
+            let (_, _, answers) = relay_pair(relay, &mut c, &mut d, &dave).await;
+            for answer in answers {
+                assert!(
+                    matches!(wire::decode(&answer), Ok(Message::Allocated { .. })),
+                    "the third pair: {:?}",
+                    wire::decode(&answer)
+                );
+            }
+            let counters = server_ref.relay_counters().expect("relay");
+            Outcome {
+                sent: CYCLES,
+                answer: format!(
+                    "{} released, {replayed} replayed grants refused (RELEASED), {} allocations \
+                     created, the third pair allocated",
+                    counters.released, counters.allocations
                 ),
             }
         },
