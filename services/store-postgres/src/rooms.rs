@@ -35,6 +35,7 @@ impl PostgresStore {
         Clock {
             now,
             retained_events: self.retained_events,
+            retained_event_bytes: self.retained_event_bytes,
         }
     }
 }
@@ -148,5 +149,9 @@ impl RoomStore for PostgresStore {
 
     fn retained_events(&self) -> u64 {
         self.retained_events
+    }
+
+    fn retained_event_bytes(&self) -> u64 {
+        self.retained_event_bytes
     }
 }

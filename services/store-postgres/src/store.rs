@@ -26,6 +26,8 @@ pub struct PostgresStore {
     pub(crate) pool: PgPool,
     /// How many of its latest events each room keeps.
     pub(crate) retained_events: u64,
+    /// How many bytes of payload those events may hold at most.
+    pub(crate) retained_event_bytes: u64,
 }
 
 impl PostgresStore {
@@ -73,6 +75,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             retained_events: DEFAULT_RETAINED_EVENTS,
+            retained_event_bytes: rally_store::rooms::DEFAULT_RETAINED_EVENT_BYTES,
         })
     }
 
@@ -92,6 +95,16 @@ impl PostgresStore {
     pub fn with_retained_events(self, retained_events: u64) -> Self {
         Self {
             retained_events,
+            ..self
+        }
+    }
+
+    /// This store, keeping at most `bytes` of event payload per room (default
+    /// [`rally_store::rooms::DEFAULT_RETAINED_EVENT_BYTES`]); the oldest events go first.
+    #[must_use]
+    pub fn with_retained_event_bytes(self, bytes: u64) -> Self {
+        Self {
+            retained_event_bytes: bytes,
             ..self
         }
     }

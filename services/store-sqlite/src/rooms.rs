@@ -34,6 +34,7 @@ impl SqliteStore {
         Clock {
             now,
             retained_events: self.retained_events,
+            retained_event_bytes: self.retained_event_bytes,
         }
     }
 }
@@ -145,5 +146,9 @@ impl RoomStore for SqliteStore {
 
     fn retained_events(&self) -> u64 {
         self.retained_events
+    }
+
+    fn retained_event_bytes(&self) -> u64 {
+        self.retained_event_bytes
     }
 }

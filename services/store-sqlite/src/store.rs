@@ -20,6 +20,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a call waits for a free pooled connection before giving up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the write-ahead log is cut back to after a checkpoint.
+pub const WAL_SIZE_LIMIT_BYTES: u64 = 8 << 20;
+
 /// How many of its latest events each room keeps, unless configured otherwise.
 pub const DEFAULT_RETAINED_EVENTS: u64 = 1000;
 
@@ -31,6 +34,8 @@ pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     /// How many of its latest events each room keeps.
     pub(crate) retained_events: u64,
+    /// How many bytes of payload those events may hold at most.
+    pub(crate) retained_event_bytes: u64,
 }
 
 impl SqliteStore {
@@ -96,6 +101,16 @@ impl SqliteStore {
         }
     }
 
+    /// This store, keeping at most `bytes` of event payload per room (default
+    /// [`rally_store::rooms::DEFAULT_RETAINED_EVENT_BYTES`]); the oldest events go first.
+    #[must_use]
+    pub fn with_retained_event_bytes(self, bytes: u64) -> Self {
+        Self {
+            retained_event_bytes: bytes,
+            ..self
+        }
+    }
+
     /// Starts a transaction holding the database's write lock.
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool
@@ -120,7 +135,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // After a checkpoint the write-ahead log is cut back to this size, so that one burst
+            // of writes does not leave a large file behind.
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string());
         let pool = SqlitePoolOptions::new()
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
@@ -130,6 +148,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             retained_events: DEFAULT_RETAINED_EVENTS,
+            retained_event_bytes: rally_store::rooms::DEFAULT_RETAINED_EVENT_BYTES,
         })
     }
 }

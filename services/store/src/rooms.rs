@@ -4,7 +4,7 @@
 //! change, appends its events with the room's next sequence numbers, and returns both
 //! ([`RoomChange`]). Events are the room's history: a watcher that missed some reads them back
 //! with [`RoomStore::events_after`], for as long as they are retained (the latest
-//! [`RoomStore::retained_events`] per room).
+//! [`RoomStore::retained_events`] per room, within [`RoomStore::retained_event_bytes`]).
 //!
 //! Rules every backend enforces (the conformance suite checks each):
 //! - a user is in at most one room; creating or joining a room leaves the current one in the same
@@ -22,6 +22,10 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{StoreError, UnixMillis};
+
+/// How many bytes of event payload a room keeps, unless configured otherwise: a few of the
+/// largest data changes (64 values of 4 KiB each), hundreds of ordinary events.
+pub const DEFAULT_RETAINED_EVENT_BYTES: u64 = 1 << 20;
 
 /// Whether ListRooms shows a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -341,4 +345,8 @@ pub trait RoomStore: Send + Sync + 'static {
 
     /// How many of its latest events each room keeps.
     fn retained_events(&self) -> u64;
+
+    /// How many bytes of payload (as stored) the events a room keeps may hold at most: the
+    /// oldest go first, so a room's history never exceeds this however large its events.
+    fn retained_event_bytes(&self) -> u64;
 }

@@ -25,6 +25,7 @@ use crate::error_mapping::map_error;
 pub(crate) struct Clock {
     pub(super) now: UnixMillis,
     pub(super) retained_events: u64,
+    pub(super) retained_event_bytes: u64,
 }
 
 pub(super) async fn create_room(
@@ -320,17 +321,27 @@ async fn append_events(
 ) -> Result<Vec<RoomEvent>, StoreError> {
     let id = id_text(room_id);
     let count = i64::try_from(kinds.len()).map_err(corrupt)?;
-    let latest = sqlx::query_scalar::<_, i64>(
-        "UPDATE rooms SET sequence = sequence + ?1 WHERE id = ?2 RETURNING sequence",
+    let encoded = kinds
+        .iter()
+        .map(codec::encode_event)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(corrupt)?;
+    let added: i64 = encoded
+        .iter()
+        .map(|(_, payload)| i64::try_from(payload.len()).unwrap_or(i64::MAX))
+        .fold(0, i64::saturating_add);
+    let (latest, mut stored_bytes) = sqlx::query_as::<_, (i64, i64)>(
+        "UPDATE rooms SET sequence = sequence + ?1, event_bytes = event_bytes + ?2 \
+         WHERE id = ?3 RETURNING sequence, event_bytes",
     )
     .bind(count)
+    .bind(added)
     .bind(&id)
     .fetch_one(&mut *conn)
     .await
     .map_err(map_error)?;
     let mut events = Vec::with_capacity(kinds.len());
-    for (sequence, kind) in (latest - count + 1..).zip(kinds) {
-        let (kind_text, payload) = codec::encode_event(&kind).map_err(corrupt)?;
+    for ((sequence, kind), (kind_text, payload)) in (latest - count + 1..).zip(kinds).zip(encoded) {
         sqlx::query(
             "INSERT INTO room_events (room_id, sequence, occurred_at, kind, payload) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -350,12 +361,47 @@ async fn append_events(
             kind,
         });
     }
+    // The retention: the latest `retained_events`, and of those no more than
+    // `retained_event_bytes` of payload (the oldest go first).
     let retained = i64::try_from(clock.retained_events).unwrap_or(i64::MAX);
     let oldest_kept = latest.saturating_sub(retained);
+    let mut freed: i64 = 0;
     if oldest_kept > 0 {
-        sqlx::query("DELETE FROM room_events WHERE room_id = ?1 AND sequence <= ?2")
+        let bytes: Vec<i64> = sqlx::query_scalar(
+            "DELETE FROM room_events WHERE room_id = ?1 AND sequence <= ?2 \
+             RETURNING length(CAST(payload AS BLOB))",
+        )
+        .bind(&id)
+        .bind(oldest_kept)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_error)?;
+        freed = bytes.into_iter().fold(freed, i64::saturating_add);
+    }
+    let budget = i64::try_from(clock.retained_event_bytes).unwrap_or(i64::MAX);
+    stored_bytes = stored_bytes.saturating_sub(freed);
+    while stored_bytes > budget {
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "DELETE FROM room_events WHERE room_id = ?1 AND sequence = \
+             (SELECT min(sequence) FROM room_events WHERE room_id = ?1) \
+             RETURNING length(CAST(payload AS BLOB))",
+        )
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_error)?;
+        let Some(bytes) = oldest else {
+            // Nothing left to delete: the count drifted (it cannot, but never loop forever).
+            freed = freed.saturating_add(stored_bytes);
+            break;
+        };
+        freed = freed.saturating_add(bytes);
+        stored_bytes = stored_bytes.saturating_sub(bytes);
+    }
+    if freed > 0 {
+        sqlx::query("UPDATE rooms SET event_bytes = event_bytes - ?1 WHERE id = ?2")
+            .bind(freed)
             .bind(&id)
-            .bind(oldest_kept)
             .execute(&mut *conn)
             .await
             .map_err(map_error)?;

@@ -81,6 +81,7 @@ macro_rules! room_conformance_tests {
             sequences_start_at_one_and_have_no_gaps_across_a_long_mixed_history,
             events_after_returns_exactly_what_was_missed,
             events_after_a_pruned_sequence_is_a_snapshot,
+            large_events_are_retained_within_the_byte_budget,
             list_rooms_shows_only_open_public_rooms_newest_first,
             list_rooms_filters_by_data_and_free_seats,
             list_rooms_pages_through_every_room_once_in_order,

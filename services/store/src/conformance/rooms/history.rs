@@ -227,3 +227,61 @@ pub async fn events_after_a_pruned_sequence_is_a_snapshot(store: &dyn UsersAndRo
         other => panic!("a page of retained events: got {other:?}"),
     }
 }
+
+/// However large its events, a room keeps at most `retained_event_bytes` of them: after data
+/// changes of 64 values of 4000 bytes each, only as many are retained as fit, the latest always,
+/// and asking for the older ones gives a snapshot.
+pub async fn large_events_are_retained_within_the_byte_budget(store: &dyn UsersAndRooms) {
+    const VALUE_BYTES: usize = 4000;
+    const KEYS: usize = 64;
+    let budget = store.retained_event_bytes();
+    let per_event = u64::try_from(VALUE_BYTES * KEYS).expect("small");
+    let fitting = budget / per_event;
+    let alice = user(store, "Alice").await;
+    let room_id = create_default(store, alice, at(0)).await;
+    for round in 0..fitting + 3 {
+        let fill = char::from(b'a' + u8::try_from(round % 26).expect("small"));
+        let update = DataUpdate {
+            set: (0..KEYS)
+                .map(|key| (format!("key{key}"), fill.to_string().repeat(VALUE_BYTES)))
+                .collect(),
+            ..DataUpdate::default()
+        };
+        ok(
+            "update_room_data",
+            store
+                .update_room_data(
+                    room_id,
+                    alice,
+                    update,
+                    at(1 + i64::try_from(round).expect("small")),
+                )
+                .await,
+        );
+    }
+    let room = state(store, room_id).await;
+    let latest = room.sequence;
+    let mut retained = 0;
+    for after in (0..latest).rev() {
+        match read(
+            "events_after",
+            store.events_after(room_id, after, u32::MAX).await,
+        ) {
+            Some(EventsAfter::Events(events)) => {
+                retained = events.len();
+                assert_consecutive(&events, room_id, after + 1);
+            }
+            Some(EventsAfter::Snapshot(snapshot)) => {
+                assert_eq!(snapshot, room, "the snapshot is the room now");
+                break;
+            }
+            other => panic!("events after {after}: {other:?}"),
+        }
+    }
+    let retained = u64::try_from(retained).expect("small");
+    assert!(retained >= 1, "the latest event is always retained");
+    assert!(
+        retained * per_event <= budget,
+        "{retained} events of at least {per_event} bytes are kept within {budget} bytes"
+    );
+}
