@@ -812,3 +812,84 @@ async fn relay_allocation_churn_by_two_accounts() {
     .await;
     server.stop().await;
 }
+
+/// The bytes SQLite holds for the server: the database file and its write-ahead log.
+fn database_bytes(server: &TestServer) -> u64 {
+    ["rally.db", "rally.db-wal"]
+        .iter()
+        .filter_map(|name| std::fs::metadata(server.data_dir().join(name)).ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_data_churn_keeps_the_database_bounded() {
+    const UPDATES: usize = 300;
+    const VALUE_BYTES: usize = 4000;
+    /// docs/limits.md: a room holds at most 1 MiB of events and about 266 KB of data; SQLite's
+    /// free pages are reused, and its write-ahead log is cut back to 8 MiB after a checkpoint.
+    const BOUND: u64 = (1 << 20) + 300_000 + (8 << 20) + (2 << 20);
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            "--writes-per-user-per-minute",
+            "100000",
+            "--write-burst",
+            "10000",
+        ],
+    )
+    .await
+    .expect("SQLite");
+    let attacker = server.user("churner").await;
+    let mut rooms = server.rooms(&attacker).await;
+    let room = rooms
+        .create_room(CreateRoomRequest {
+            capacity: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("a room")
+        .into_inner()
+        .room
+        .expect("room");
+    let before = database_bytes(&server);
+    let server_ref = &server;
+    run(
+        "room data churn: 300 updates of 64 values of 4000 bytes",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            use rally_proto::rooms::v1::UpdateRoomDataRequest;
+            for n in 0..UPDATES {
+                let fill = char::from(b'a' + u8::try_from(n % 26).expect("small"));
+                rooms
+                    .update_room_data(UpdateRoomDataRequest {
+                        room_id: room.room_id.clone(),
+                        set: (0..64)
+                            .map(|key| (format!("key{key}"), fill.to_string().repeat(VALUE_BYTES)))
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("an update");
+            }
+            let grown = database_bytes(server_ref).saturating_sub(before);
+            assert!(
+                grown <= BOUND,
+                "the database grew by {grown} bytes, over {BOUND}"
+            );
+            let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+            Outcome {
+                sent: UPDATES,
+                answer: format!(
+                    "every update accepted; the database grew {:.1} MiB (bound {:.1} MiB)",
+                    mib(grown),
+                    mib(BOUND)
+                ),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
