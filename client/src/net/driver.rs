@@ -173,8 +173,7 @@ pub(crate) struct Inner {
     pub(crate) transport: rally_quic::Transport,
     pub(crate) config: NetConfig,
     pub(crate) peers: Mutex<HashMap<Uuid, Slot>>,
-    pub(crate) inbox_tx: mpsc::Sender<Packet>,
-    pub(crate) inbox_rx: tokio::sync::Mutex<mpsc::Receiver<Packet>>,
+    pub(crate) inbox: super::inbox::Inbox,
     pub(crate) events_tx: mpsc::UnboundedSender<NetEvent>,
     pub(crate) events_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<NetEvent>>,
     pub(crate) auto_accept_room: AtomicBool,
@@ -211,6 +210,34 @@ pub(crate) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
         Vec::new()
     };
     candidates_for(local, &interfaces)
+}
+
+/// Whether this client may send punches, probes or a handshake to `addr`, a remote peer's
+/// candidate: never to an unspecified, multicast, broadcast or link-local address, nor to port 0;
+/// to a loopback address only when this client itself is bound to loopback (everything on one
+/// host, as in local tests), since a peer elsewhere can have no loopback address and a hostile one
+/// would use it to aim this client's packets at its own host's services.
+pub(crate) fn remote_target(addr: SocketAddr, on_loopback: bool) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    let ip = match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_loopback() {
+        return on_loopback;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified()
+                || v4.octets()[0] == 0
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local())
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local()),
+    }
 }
 
 /// The IPs of host candidates.
@@ -694,7 +721,7 @@ impl Inner {
                     data: payload,
                     policy: SendPolicy::Unreliable,
                 };
-                if self.inbox_tx.try_send(packet).is_err() {
+                if !self.inbox.offer(packet) {
                     add(&counters.dropped_inbox_full, 1);
                 }
                 return Some(sequence);
@@ -735,14 +762,13 @@ impl Inner {
         } else {
             SendPolicy::ReliableLane(lane)
         };
-        self.inbox_tx
-            .send(Packet {
+        self.inbox
+            .push(Packet {
                 sender: user,
                 data,
                 policy,
             })
             .await
-            .is_ok()
     }
 
     /// Starts a connection attempt with `user` (a PunchStart arrived).
@@ -754,14 +780,29 @@ impl Inner {
         fingerprint: [u8; 32],
     ) {
         let ours = lock(&self.nat).nat_type;
+        let on_loopback = self.transport.local_addr().ip().is_loopback();
         let mut peers = lock(&self.peers);
         let Some(slot) = peers.get_mut(&user) else {
             return;
         };
+        // A peer's announcement is not trusted to aim this client's packets: nothing goes to
+        // addresses that cannot be a remote peer's.
+        let (candidates, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates
+            .into_iter()
+            .partition(|addr| remote_target(*addr, on_loopback));
+        if !refused.is_empty() {
+            tracing::debug!(%user, ?refused, "ignoring candidates no remote peer can have");
+        }
+        let reflexive: Vec<SocketAddr> = slot
+            .punch_reflexive
+            .iter()
+            .copied()
+            .filter(|addr| remote_target(*addr, on_loopback))
+            .collect();
         let plan = Plan {
             dialer,
             candidates,
-            reflexive: slot.punch_reflexive.clone(),
+            reflexive,
             ours,
             theirs: slot.peer_nat,
             policy: self.config.relay_policy,
@@ -1187,6 +1228,52 @@ async fn ticker(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_packet_goes_where_no_remote_peer_can_be() {
+        let target = |text: &str| text.parse::<SocketAddr>().expect("address");
+        for refused in [
+            "0.0.0.0:4000",
+            "0.1.2.3:4000",
+            "224.0.0.251:5353",
+            "239.255.255.250:1900",
+            "255.255.255.255:4000",
+            "169.254.1.1:4000",
+            "203.0.113.9:0",
+            "[::]:4000",
+            "[ff02::1]:4000",
+            "[fe80::1]:4000",
+            "[::ffff:169.254.1.1]:4000",
+            "[::ffff:224.0.0.1]:4000",
+        ] {
+            for on_loopback in [false, true] {
+                assert!(!remote_target(target(refused), on_loopback), "{refused}");
+            }
+        }
+        for loopback in [
+            "127.0.0.1:6379",
+            "127.8.9.10:4000",
+            "[::1]:4000",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(
+                !remote_target(target(loopback), false),
+                "{loopback} from a real interface"
+            );
+            assert!(
+                remote_target(target(loopback), true),
+                "{loopback} when all is on one host"
+            );
+        }
+        for allowed in [
+            "203.0.113.9:4000",
+            "10.0.0.2:4000",
+            "192.168.1.20:4000",
+            "[2001:db8::7]:4000",
+        ] {
+            assert!(remote_target(target(allowed), false), "{allowed}");
+        }
+    }
 
     #[test]
     fn a_connection_goes_to_the_one_peer_that_announced_its_fingerprint_or_to_nobody() {

@@ -62,6 +62,7 @@ mod attempt;
 mod connection;
 mod driver;
 pub mod framing;
+mod inbox;
 mod nat;
 pub mod peer;
 mod relay_path;
@@ -158,6 +159,9 @@ pub struct NetConfig {
     /// Most received packets waiting for the game; reliable ones then wait in QUIC (the sender
     /// slows down), unreliable ones are dropped and counted.
     pub inbox_packets: usize,
+    /// Most bytes of received packets waiting for the game, bounded the same way: a peer cannot
+    /// make a stalled game hold more.
+    pub inbox_bytes: usize,
     /// Simulated lag and loss.
     pub fake: FakeNetwork,
     /// Whether connections may go through the relay (default: only when no direct path opens).
@@ -174,6 +178,7 @@ impl Default for NetConfig {
             idle_timeout: Some(Duration::from_secs(60)),
             send_buffer_bytes: 4 << 20,
             inbox_packets: 65_536,
+            inbox_bytes: 16 << 20,
             fake: FakeNetwork::default(),
             relay_policy: RelayPolicy::Fallback,
             traversal: TraversalConfig::default(),
@@ -252,7 +257,7 @@ impl Net {
                 .update_candidates(candidates, driver::nat_type(report.nat_type))
                 .await?;
         }
-        let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_packets.max(1));
+        let inbox = inbox::Inbox::new(config.inbox_packets, config.inbox_bytes);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(driver::Inner {
             me: session.user_id(),
@@ -260,8 +265,7 @@ impl Net {
             transport,
             config,
             peers: std::sync::Mutex::new(HashMap::new()),
-            inbox_tx,
-            inbox_rx: tokio::sync::Mutex::new(inbox_rx),
+            inbox,
             events_tx,
             events_rx: tokio::sync::Mutex::new(events_rx),
             auto_accept_room: AtomicBool::new(false),
@@ -531,7 +535,7 @@ impl Net {
     /// # Ok(()) }
     /// ```
     pub fn read_packet(&self) -> Option<Packet> {
-        self.inner.inbox_rx.try_lock().ok()?.try_recv().ok()
+        self.inner.inbox.try_take()
     }
 
     /// The next received packet, waiting for one; `None` after [`Net::shutdown`].
@@ -546,9 +550,8 @@ impl Net {
     /// # Ok(()) }
     /// ```
     pub async fn recv(&self) -> Option<Packet> {
-        let mut inbox = self.inner.inbox_rx.lock().await;
         tokio::select! {
-            packet = inbox.recv() => packet,
+            packet = self.inner.inbox.take() => packet,
             () = self.inner.shutdown.cancelled() => None,
         }
     }
