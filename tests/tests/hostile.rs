@@ -893,3 +893,108 @@ async fn room_data_churn_keeps_the_database_bounded() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_peer_aiming_candidates_at_loopback_gets_nothing_sent_there() {
+    use rally_client::net::{ConnectionState, Net, NetConfig, NetEvent, RelayPolicy};
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start(Backend::Sqlite).await.expect("SQLite");
+    // The service on the victim's host the hostile peer aims at.
+    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind the trap");
+    let trap_port = u32::from(trap.local_addr().expect("trap address").port());
+    let attacker = server.user("mallory").await;
+    let server_ref = &server;
+    run(
+        "a peer announcing loopback, link-local, multicast and unspecified candidates",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            let candidate = |ip: &str, kind: CandidateKind| Candidate {
+                kind: kind as i32,
+                address: Some(SocketAddress {
+                    ip: ip.into(),
+                    port: trap_port,
+                }),
+                priority: 100,
+            };
+            let aimed = vec![
+                candidate("127.0.0.1", CandidateKind::Host),
+                candidate("127.0.0.1", CandidateKind::ServerReflexive),
+                candidate("::ffff:127.0.0.1", CandidateKind::Host),
+                candidate("169.254.7.7", CandidateKind::Host),
+                candidate("224.0.0.1", CandidateKind::Host),
+                candidate("0.0.0.0", CandidateKind::Host),
+            ];
+            let sent = aimed.len();
+            let mut mallory = Attached::new(
+                server_ref,
+                &attacker,
+                Hello {
+                    candidates: aimed,
+                    ..hello(6)
+                },
+            )
+            .await;
+            // The victim: a real client on a real interface (not bound to loopback).
+            let rally = rally_client::Rally::connect(&format!("http://{}", server_ref.addr()))
+                .await
+                .expect("connect");
+            let session = rally
+                .device_login("hostile-victim-device-0001", "victim")
+                .await
+                .expect("sign in");
+            let mut config = NetConfig::default();
+            config.transport.bind = "0.0.0.0:0".parse().expect("address");
+            config.relay_policy = RelayPolicy::Never;
+            config.connect_timeout = Duration::from_secs(3);
+            config.traversal.direct_timeout = Duration::from_secs(2);
+            let victim = Net::start(&session, config).await.expect("net");
+            let mallory_id = uuid::Uuid::parse_str(&attacker.user_id).expect("a user id");
+            victim.connect(mallory_id).await.expect("ask mallory");
+            match mallory.unsolicited().await {
+                Body::PeerConnectRequest(_) => {}
+                other => panic!("mallory: {other:?}"),
+            }
+            assert!(matches!(
+                mallory
+                    .request(Req::Accept(rally_proto::broker::v1::Accept {
+                        user_id: session.user_id().to_string(),
+                    }))
+                    .await,
+                Body::Ack(_)
+            ));
+            // The attempt runs its whole course and gives up: nothing answers.
+            let ended = loop {
+                let event = tokio::time::timeout(WAIT, victim.next_event())
+                    .await
+                    .expect("the attempt ends in time")
+                    .expect("net runs");
+                if let NetEvent::ConnectionStateChanged { user, state } = event
+                    && user == mallory_id
+                    && state != ConnectionState::Connecting
+                {
+                    break state;
+                }
+            };
+            assert_ne!(ended, ConnectionState::Connected);
+            let mut buf = [0u8; 2048];
+            let caught = trap.try_recv_from(&mut buf);
+            assert!(
+                caught.is_err(),
+                "the victim sent to its own loopback: {caught:?}"
+            );
+            victim.shutdown();
+            Outcome {
+                sent,
+                answer: format!(
+                    "candidates ignored; the attempt ended {ended:?}; 0 packets reached the \
+                     loopback trap"
+                ),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
