@@ -25,6 +25,8 @@ pub struct IdentityConfig {
     pub passwords: PasswordParams,
     /// Sign-in rate limits.
     pub throttle: ThrottleConfig,
+    /// Most sessions one user holds: a new sign-in past it ends the oldest.
+    pub max_sessions_per_user: u32,
 }
 
 impl Default for IdentityConfig {
@@ -33,6 +35,7 @@ impl Default for IdentityConfig {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             passwords: PasswordParams::default(),
             throttle: ThrottleConfig::default(),
+            max_sessions_per_user: 32,
         }
     }
 }
@@ -44,6 +47,7 @@ pub struct IdentityService {
     passwords: Passwords,
     throttle: SignInThrottle,
     refresh_ttl: Duration,
+    max_sessions_per_user: u32,
     /// Where ended sessions are announced to every replica (`None`: nowhere).
     session_ends: Option<Arc<dyn Bus>>,
 }
@@ -61,6 +65,7 @@ impl IdentityService {
             passwords: Passwords::new(config.passwords)?,
             throttle: SignInThrottle::new(config.throttle),
             refresh_ttl: config.refresh_ttl,
+            max_sessions_per_user: config.max_sessions_per_user.max(1),
             session_ends: None,
         })
     }
@@ -109,6 +114,15 @@ impl IdentityService {
                 refresh_expires_at,
             })
             .await?;
+        // However often a user signs in, it holds a bounded number of sessions.
+        let ended = self
+            .store
+            .trim_sessions(user.id, self.max_sessions_per_user)
+            .await?;
+        if !ended.is_empty() {
+            tracing::info!(user_id = %user.id, sessions = ended.len(), "oldest sessions ended by a new sign-in");
+            self.announce_ended(&ended).await;
+        }
         self.session_reply(user, session_id, refresh.text, now, refresh_expires_at)
     }
 

@@ -8,8 +8,8 @@
 
 use async_trait::async_trait;
 use rally_store::{
-    Account, Credentials, IdentityStore, NewSession, NewUser, PurgedSessions, RefreshRotation,
-    StoreError, TokenHash, UnixMillis, User,
+    Account, Credentials, IdentityStore, KEPT_ROTATED_TOKENS, NewSession, NewUser, PurgedSessions,
+    RefreshRotation, StoreError, TokenHash, UnixMillis, User,
 };
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -276,6 +276,35 @@ impl IdentityStore for PostgresStore {
         session.as_deref().map(parse_id).transpose()
     }
 
+    async fn trim_sessions(&self, user_id: Uuid, keep: u32) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_error)?;
+        let user = id_text(user_id);
+        let beyond = "SELECT id FROM sessions WHERE user_id = $1 \
+                      ORDER BY created_at DESC, id DESC LIMIT ALL OFFSET $2";
+        sqlx::query(&format!(
+            "DELETE FROM refresh_tokens WHERE session_id IN ({beyond})"
+        ))
+        .bind(&user)
+        .bind(i64::from(keep))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_error)?;
+        let deleted: Vec<(String, Option<i64>)> = sqlx::query_as(&format!(
+            "DELETE FROM sessions WHERE id IN ({beyond}) RETURNING id, revoked_at"
+        ))
+        .bind(&user)
+        .bind(i64::from(keep))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_error)?;
+        tx.commit().await.map_err(map_error)?;
+        deleted
+            .into_iter()
+            .filter(|(_, revoked_at)| revoked_at.is_none())
+            .map(|(id, _)| parse_id(&id))
+            .collect()
+    }
+
     async fn purge_sessions(&self, before: UnixMillis) -> Result<PurgedSessions, StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_error)?;
         // The tokens of the sessions deleted next, then those sessions, then stale tokens.
@@ -430,6 +459,18 @@ async fn rotate_in(
     .bind(&row.session_id)
     .bind(now)
     .bind(next_expires_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(map_error)?;
+    // Reuse detection keeps the most recently rotated tokens only: a session's rows stay few.
+    sqlx::query(
+        "DELETE FROM refresh_tokens WHERE session_id = $1 AND rotated_at IS NOT NULL \
+         AND token_hash NOT IN (SELECT token_hash FROM refresh_tokens \
+                                WHERE session_id = $1 AND rotated_at IS NOT NULL \
+                                ORDER BY rotated_at DESC, token_hash LIMIT $2)",
+    )
+    .bind(&row.session_id)
+    .bind(i64::from(KEPT_ROTATED_TOKENS))
     .execute(&mut *tx)
     .await
     .map_err(map_error)?;

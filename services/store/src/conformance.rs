@@ -82,6 +82,8 @@ macro_rules! identity_conformance_tests {
             session_active_is_false_for_unknown_or_foreign_sessions,
             refresh_token_session_finds_current_and_rotated_tokens,
             purge_sessions_deletes_only_what_can_no_longer_be_used,
+            trim_sessions_keeps_the_newest_and_names_the_active_ones_deleted,
+            a_session_keeps_only_its_latest_rotated_tokens,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -125,6 +125,9 @@ pub enum RefreshRotation {
     },
 }
 
+/// How many rotated refresh tokens a session keeps for reuse detection.
+pub const KEPT_ROTATED_TOKENS: u32 = 16;
+
 /// What [`IdentityStore::purge_sessions`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgedSessions {
@@ -175,7 +178,9 @@ pub trait IdentityStore: Send + Sync + 'static {
     async fn create_session(&self, session: NewSession) -> Result<(), StoreError>;
 
     /// Presents refresh token `presented` at time `now`; when it is current and unexpired,
-    /// rotates it and stores `next` (expiring at `next_expires_at`) in its place.
+    /// rotates it and stores `next` (expiring at `next_expires_at`) in its place. A session keeps
+    /// its [`KEPT_ROTATED_TOKENS`] most recently rotated tokens (presenting one is reuse); older
+    /// ones are deleted (presenting one is then unknown).
     ///
     /// Exactly one of several concurrent presentations of one token can rotate it. The first
     /// loser sees [`RefreshRotation::Reused`], which revokes the session (that is what a stolen
@@ -194,6 +199,12 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// so that refusing unknown tokens and limiting one session's refreshes cost no write.
     async fn refresh_token_session(&self, presented: TokenHash)
     -> Result<Option<Uuid>, StoreError>;
+
+    /// Keeps the user's `keep` newest sessions (by creation) and deletes the others with their
+    /// refresh tokens, so that however often a user signs in it holds a bounded number of
+    /// sessions. Returns the ids of the deleted sessions that were still active (their access
+    /// tokens must stop working everywhere).
+    async fn trim_sessions(&self, user_id: Uuid, keep: u32) -> Result<Vec<Uuid>, StoreError>;
 
     /// Deletes what can no longer be used, as of `before` (now minus the retention): sessions
     /// revoked at or before it, sessions whose every refresh token expired at or before it, and

@@ -25,8 +25,8 @@ pub use broker::BrokerStore;
 pub use bus::{Bus, BusEvent, LocalBus};
 pub use error::StoreError;
 pub use identity::{
-    Account, Credentials, IdentityStore, NewSession, NewUser, PurgedSessions, RefreshRotation,
-    TokenHash, User,
+    Account, Credentials, IdentityStore, KEPT_ROTATED_TOKENS, NewSession, NewUser, PurgedSessions,
+    RefreshRotation, TokenHash, User,
 };
 pub use matchmaking::TicketStore;
 pub use rooms::RoomStore;

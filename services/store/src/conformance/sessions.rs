@@ -411,3 +411,108 @@ pub async fn purge_sessions_deletes_only_what_can_no_longer_be_used(store: &dyn 
         "a second purge finds nothing"
     );
 }
+
+/// `trim_sessions` keeps a user's newest sessions, deletes the others with their tokens, and
+/// names the deleted ones that were still active; another user's sessions are untouched.
+pub async fn trim_sessions_keeps_the_newest_and_names_the_active_ones_deleted(
+    store: &dyn IdentityStore,
+) {
+    let alice = create(store, "Alice").await;
+    let bob = create(store, "Bob").await;
+    let (bobs, _) = open_session(store, bob.id).await;
+    let mut sessions = Vec::new();
+    for i in 0..5 {
+        let session = NewSession {
+            id: Uuid::new_v4(),
+            user_id: alice.id,
+            refresh_token: random_hash(),
+            created_at: T0 + i,
+            refresh_expires_at: T0 + DAY,
+        };
+        sessions.push((session.id, session.refresh_token));
+        must("create_session", store.create_session(session).await);
+    }
+    must(
+        "revoke_session",
+        store.revoke_session(alice.id, sessions[0].0, T0 + 10).await,
+    );
+    let mut deleted = must("trim_sessions", store.trim_sessions(alice.id, 2).await);
+    deleted.sort();
+    let mut expected = vec![sessions[1].0, sessions[2].0];
+    expected.sort();
+    assert_eq!(
+        deleted, expected,
+        "the active sessions beyond the newest two"
+    );
+    for (id, token) in &sessions[..3] {
+        assert!(!active(store, alice.id, *id).await);
+        assert_eq!(
+            must(
+                "refresh_token_session",
+                store.refresh_token_session(*token).await
+            ),
+            None,
+            "a trimmed session's token is gone"
+        );
+    }
+    for (id, _) in &sessions[3..] {
+        assert!(active(store, alice.id, *id).await, "the newest two stay");
+    }
+    assert!(
+        active(store, bob.id, bobs).await,
+        "Bob's session is not Alice's to trim"
+    );
+    assert!(
+        must("trim_sessions", store.trim_sessions(alice.id, 2).await).is_empty(),
+        "nothing more to trim"
+    );
+}
+
+/// A session keeps its `KEPT_ROTATED_TOKENS` most recently rotated tokens and no more.
+pub async fn a_session_keeps_only_its_latest_rotated_tokens(store: &dyn IdentityStore) {
+    let alice = create(store, "Alice").await;
+    let (session_id, first) = open_session(store, alice.id).await;
+    let kept = usize::try_from(crate::KEPT_ROTATED_TOKENS).expect("small");
+    let mut tokens = vec![first];
+    for i in 0..kept + 4 {
+        let next = random_hash();
+        let at = T0 + 1 + i64::try_from(i).expect("small");
+        let outcome = must(
+            "rotate_refresh_token",
+            store
+                .rotate_refresh_token(*tokens.last().expect("one"), next, at, at + DAY)
+                .await,
+        );
+        assert!(
+            matches!(outcome, RefreshRotation::Rotated { .. }),
+            "{outcome:?}"
+        );
+        tokens.push(next);
+    }
+    let session_of = |token| async move {
+        must(
+            "refresh_token_session",
+            store.refresh_token_session(token).await,
+        )
+    };
+    let rotated = &tokens[..tokens.len() - 1];
+    let (forgotten, remembered) = rotated.split_at(rotated.len() - kept);
+    for token in forgotten {
+        assert_eq!(
+            session_of(*token).await,
+            None,
+            "an old rotated token is gone"
+        );
+    }
+    for token in remembered {
+        assert_eq!(
+            session_of(*token).await,
+            Some(session_id),
+            "a recent rotated token stays"
+        );
+    }
+    assert_eq!(
+        session_of(*tokens.last().expect("current")).await,
+        Some(session_id)
+    );
+}
