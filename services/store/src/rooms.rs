@@ -12,7 +12,9 @@
 //! - a room never holds more than `capacity` members, whatever the concurrency;
 //! - when the owner leaves (or is removed), the longest-present member becomes owner
 //!   (`OwnerChanged` after `MemberLeft`); when the last member leaves, the room closes
-//!   (`MemberLeft` then `RoomClosed`), and a closed room is never changed again;
+//!   (`MemberLeft` then `RoomClosed`): in the same transaction its data and every earlier event
+//!   are deleted (it keeps its final state and its closing events for the history retention),
+//!   and a closed room is never changed again;
 //! - sequence numbers of one room start at 1 and have no gaps;
 //! - a kicked user may not rejoin until invited again.
 

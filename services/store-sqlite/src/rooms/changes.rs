@@ -292,6 +292,13 @@ async fn remove_member(
                 .execute(&mut *conn)
                 .await
                 .map_err(map_error)?;
+            // A closed room keeps no data (and, see `append_events`, only its closing events):
+            // what a user's churn of rooms leaves behind for the history retention is small.
+            sqlx::query("DELETE FROM room_data WHERE room_id = ?1")
+                .bind(&room.id)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_error)?;
             kinds.push(RoomEventKind::RoomClosed);
         }
         Some(next) if room.owner == user => {
@@ -321,6 +328,9 @@ async fn append_events(
 ) -> Result<Vec<RoomEvent>, StoreError> {
     let id = id_text(room_id);
     let count = i64::try_from(kinds.len()).map_err(corrupt)?;
+    let closing = kinds
+        .iter()
+        .any(|kind| matches!(kind, RoomEventKind::RoomClosed));
     let encoded = kinds
         .iter()
         .map(codec::encode_event)
@@ -364,7 +374,11 @@ async fn append_events(
     // The retention: the latest `retained_events`, and of those no more than
     // `retained_event_bytes` of payload (the oldest go first).
     let retained = i64::try_from(clock.retained_events).unwrap_or(i64::MAX);
-    let oldest_kept = latest.saturating_sub(retained);
+    // A room that closes keeps only the events of the change that closed it.
+    let oldest_kept = match closing {
+        true => latest - count,
+        false => latest.saturating_sub(retained),
+    };
     let mut freed: i64 = 0;
     if oldest_kept > 0 {
         let bytes: Vec<i64> = sqlx::query_scalar(

@@ -8,7 +8,7 @@ use super::{
     UsersAndRooms, all_events, assert_consecutive, at, create_default, join, leave, ok, read,
     state, user,
 };
-use crate::rooms::{DataUpdate, EventsAfter, RoomChange, RoomEvent};
+use crate::rooms::{DataUpdate, EventsAfter, RoomChange, RoomEvent, RoomEventKind};
 
 /// The smallest retention the history cases work with.
 const MIN_RETENTION: u64 = 8;
@@ -104,7 +104,30 @@ pub async fn sequences_start_at_one_and_have_no_gaps_across_a_long_mixed_history
             room.sequence, latest,
             "the room's sequence is its latest event's"
         );
-        let from = latest.saturating_sub(retained);
+        // A closed room keeps only the events of the change that closed it (`MemberLeft`,
+        // `RoomClosed`).
+        let from = match room.closed_at {
+            Some(_) => {
+                assert!(
+                    matches!(
+                        &events[events.len() - 2..],
+                        [
+                            RoomEvent {
+                                kind: RoomEventKind::MemberLeft { .. },
+                                ..
+                            },
+                            RoomEvent {
+                                kind: RoomEventKind::RoomClosed,
+                                ..
+                            }
+                        ]
+                    ),
+                    "a closed room's log ends with MemberLeft, RoomClosed"
+                );
+                latest - 2
+            }
+            None => latest.saturating_sub(retained),
+        };
         let stored = read(
             "events_after",
             store.events_after(*room_id, from, u32::MAX).await,
