@@ -157,7 +157,9 @@ pub enum BrokerEvent {
         user: Uuid,
         /// The peer's direct addresses to punch toward, highest priority first.
         candidates: Vec<SocketAddr>,
-        /// Which of them are its public (server- or peer-reflexive) addresses.
+        /// Which of them are its public (server- or peer-reflexive) addresses at the IP the
+        /// broker saw it come from (none when the broker did not say): where birthday probing
+        /// may aim.
         reflexive: Vec<SocketAddr>,
         /// When to start, on this machine's clock (converted from the server's with the offset
         /// measured by Ping/Pong; kept within 30 s of the moment it arrived).

@@ -122,6 +122,9 @@ async fn connect_accept_exchanges_candidates_fingerprints_and_punch_start(server
     let dialer = PunchRole::Dialer as i32;
     assert_eq!(a_punch.role == dialer, alice_dials);
     assert_eq!(b_punch.role == dialer, !alice_dials);
+    // Each learns where the broker saw the other come from (both over loopback here).
+    assert_eq!(a_punch.observed_ip, "127.0.0.1");
+    assert_eq!(b_punch.observed_ip, "127.0.0.1");
 
     // New candidates reach the agreed peer, with a new punch for both.
     let update = Req::UpdateCandidates(UpdateCandidates {

@@ -334,10 +334,22 @@ fn punch_start(punch: PunchStart, clock: &ClockSync, now: Instant) -> Result<Bro
         Ok(PunchRole::Acceptor) => false,
         _ => return Err("PunchStart without a valid role".into()),
     };
+    // Birthday probing aims only where the broker saw the peer, never where it merely says it
+    // is: a hostile peer could otherwise aim this client's probes at a third party.
+    let observed: Option<IpAddr> = punch
+        .observed_ip
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical());
+    let reflexive = addresses
+        .reflexive
+        .into_iter()
+        .filter(|addr| Some(addr.ip().to_canonical()) == observed)
+        .collect();
     Ok(BrokerEvent::PunchStart {
         user,
         candidates: addresses.direct,
-        reflexive: addresses.reflexive,
+        reflexive,
         start_at: clock.to_local(start_at, now),
         dialer,
     })

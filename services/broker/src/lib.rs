@@ -382,7 +382,14 @@ impl BrokerRpc for BrokerService {
         request: tonic::Request<tonic::Streaming<rally_proto::broker::v1::AttachRequest>>,
     ) -> Result<tonic::Response<link::Outgoing>, tonic::Status> {
         let caller = rally_auth::Caller::of(&request)?;
-        let stream = session::attach(self.broker.clone(), caller, request.into_inner()).await?;
+        let observed_ip = request.remote_addr().map(|addr| addr.ip());
+        let stream = session::attach(
+            self.broker.clone(),
+            caller,
+            observed_ip,
+            request.into_inner(),
+        )
+        .await?;
         Ok(tonic::Response::new(stream))
     }
 }

@@ -126,6 +126,7 @@ mod tests {
                         nanos: 999_999_999,
                     }),
                     role: PunchRole::Acceptor as i32,
+                    observed_ip: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".into(),
                 })),
             },
         };

@@ -25,6 +25,7 @@ use crate::{Broker, metrics};
 pub(crate) async fn attach(
     broker: Arc<Broker>,
     caller: Caller,
+    observed_ip: Option<std::net::IpAddr>,
     mut incoming: Streaming<AttachRequest>,
 ) -> Result<Outgoing, Status> {
     let user = caller.user_id;
@@ -68,7 +69,10 @@ pub(crate) async fn attach(
         .as_slice()
         .try_into()
         .map_err(|_| Status::invalid_argument("Hello: certificate_fingerprint must be 32 bytes"))?;
-    let announcement = Announcement { hello };
+    let announcement = Announcement {
+        hello,
+        observed_ip: observed_ip.map(|ip| ip.to_canonical()),
+    };
     let attachment_id = Uuid::new_v4();
     let previous = broker
         .stores

@@ -437,6 +437,14 @@ impl Broker {
             candidates.extend(relayed.clone());
             candidates
         };
+        // Where the broker saw the peer, unless the peer hides its address.
+        let observed = |announcement: &Announcement| match announcement.relay_policy() {
+            RelayPolicy::Always => String::new(),
+            _ => announcement
+                .observed_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+        };
         let info = |user: Uuid, announcement: &Announcement| PeerInfo {
             user_id: user.to_string(),
             certificate_fingerprint: announcement.hello.certificate_fingerprint.clone(),
@@ -466,6 +474,7 @@ impl Broker {
                     candidates: visible(ann_b),
                     start_at: Some(start_at),
                     role: role(a_dials),
+                    observed_ip: observed(ann_b),
                 }),
             )
             .await;
@@ -476,6 +485,7 @@ impl Broker {
                     candidates: visible(ann_a),
                     start_at: Some(start_at),
                     role: role(!a_dials),
+                    observed_ip: observed(ann_a),
                 }),
             )
             .await;

@@ -135,11 +135,14 @@ pub fn hello(hello: &Hello) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// What a client announced, as the store keeps it (an encoded, already validated [`Hello`]).
+/// What a client announced, as the store keeps it (an encoded, already validated [`Hello`]),
+/// and the IP address the broker saw its attachment come from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Announcement {
     /// The validated Hello, with the candidates and NAT type of the latest update.
     pub hello: Hello,
+    /// Where the attachment came from, as the broker saw it (`None`: not known).
+    pub observed_ip: Option<IpAddr>,
 }
 
 impl Announcement {
@@ -157,18 +160,47 @@ impl Announcement {
         NatType::try_from(self.hello.nat_type).unwrap_or(NatType::Unspecified)
     }
 
-    /// The bytes the store keeps.
+    /// The bytes the store keeps: the encoded Hello, preceded, when the observed IP is known, by
+    /// a zero byte (never the first byte of an encoded message: field number 0 does not exist),
+    /// the IP's length (4 or 16) and its bytes.
     pub fn encode(&self) -> Vec<u8> {
-        self.hello.encode_to_vec()
+        let mut out = Vec::with_capacity(18 + self.hello.encoded_len());
+        match self.observed_ip {
+            Some(IpAddr::V4(ip)) => {
+                out.extend_from_slice(&[0, 4]);
+                out.extend_from_slice(&ip.octets());
+            }
+            Some(IpAddr::V6(ip)) => {
+                out.extend_from_slice(&[0, 16]);
+                out.extend_from_slice(&ip.octets());
+            }
+            None => {}
+        }
+        self.hello
+            .encode(&mut out)
+            .unwrap_or_else(|_| unreachable!("a Vec grows to fit any message"));
+        out
     }
 
     /// Reads stored bytes back (they were validated before they were stored; they are checked
     /// again, since the database is outside this process).
     pub fn decode(bytes: &[u8]) -> Result<Self, Invalid> {
-        let hello = Hello::decode(bytes)
+        let (observed_ip, hello_bytes) = match bytes {
+            [0, 4, rest @ ..] if rest.len() >= 4 => {
+                let ip: [u8; 4] = rest[..4].try_into().map_err(|_| invalid("observed IP"))?;
+                (Some(IpAddr::from(ip)), &rest[4..])
+            }
+            [0, 16, rest @ ..] if rest.len() >= 16 => {
+                let ip: [u8; 16] = rest[..16].try_into().map_err(|_| invalid("observed IP"))?;
+                (Some(IpAddr::from(ip)), &rest[16..])
+            }
+            [0, ..] => return Err(invalid("stored announcement has a malformed observed IP")),
+            _ => (None, bytes),
+        };
+        let hello = Hello::decode(hello_bytes)
             .map_err(|e| invalid(format!("stored announcement does not decode: {e}")))?;
         self::hello(&hello)?;
-        Ok(Self { hello })
+        Ok(Self { hello, observed_ip })
     }
 }
 
@@ -214,11 +246,25 @@ mod tests {
     fn a_good_hello_passes_and_round_trips_through_the_store_encoding() {
         let hello_message = good_hello();
         hello(&hello_message).expect("valid");
-        let announcement = Announcement {
-            hello: hello_message,
-        };
-        let decoded = Announcement::decode(&announcement.encode()).expect("decodes");
-        assert_eq!(decoded, announcement);
+        for observed_ip in [
+            None,
+            Some(IpAddr::from([203, 0, 113, 9])),
+            Some("2001:db8::9".parse().expect("v6")),
+        ] {
+            let announcement = Announcement {
+                hello: hello_message.clone(),
+                observed_ip,
+            };
+            let decoded = Announcement::decode(&announcement.encode()).expect("decodes");
+            assert_eq!(decoded, announcement);
+        }
+        // Rows stored before the observed IP was kept are plain Hellos.
+        let old = Announcement::decode(&hello_message.encode_to_vec()).expect("decodes");
+        assert_eq!(old.observed_ip, None);
+        assert!(
+            Announcement::decode(&[0, 4, 1, 2]).is_err(),
+            "a truncated IP"
+        );
     }
 
     #[test]
@@ -301,7 +347,11 @@ mod tests {
         }
         message.client_version = "v".repeat(MAX_CLIENT_VERSION_BYTES);
         hello(&message).expect("the largest valid hello");
-        let bytes = Announcement { hello: message }.encode();
+        let bytes = Announcement {
+            hello: message,
+            observed_ip: Some("2001:db8::1".parse().expect("v6")),
+        }
+        .encode();
         assert!(bytes.len() <= rally_store::broker::MAX_ANNOUNCEMENT_BYTES);
     }
 

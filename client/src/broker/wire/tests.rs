@@ -131,6 +131,7 @@ fn punch_start_converts_the_start_time_and_the_role() {
                 nanos: 250_000_000,
             }),
             role: role as i32,
+            observed_ip: "100.64.0.9".into(),
         }))
     };
     let Incoming::Event(BrokerEvent::PunchStart {
@@ -155,6 +156,20 @@ fn punch_start_converts_the_start_time_and_the_role() {
         vec![public],
         "the public addresses are told apart"
     );
+    // Only where the broker saw the peer: an announced public address elsewhere, or no observed
+    // address at all, leaves nothing to probe.
+    for observed in ["198.51.100.1", "", "not an address"] {
+        let mut message = punch(PunchRole::Dialer);
+        if let Some(Body::PunchStart(punch)) = &mut message.body {
+            punch.observed_ip = observed.into();
+        }
+        let Incoming::Event(BrokerEvent::PunchStart { reflexive, .. }) =
+            classify(message, &clock, now)
+        else {
+            panic!("expected a PunchStart");
+        };
+        assert!(reflexive.is_empty(), "observed {observed:?}: {reflexive:?}");
+    }
     assert_eq!(start_at, now + Duration::from_millis(250));
     assert!(dialer);
     let Incoming::Event(BrokerEvent::PunchStart { dialer, .. }) =
@@ -391,6 +406,7 @@ proptest! {
             candidates: vec![],
             start_at: Some(prost_types::Timestamp { seconds, nanos }),
             role,
+            observed_ip: String::new(),
         }));
         if let Incoming::Event(BrokerEvent::PunchStart { start_at, .. }) = classify(message, &clock, now) {
             prop_assert!(start_at <= now + super::super::clock::MAX_AHEAD);
