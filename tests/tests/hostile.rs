@@ -618,9 +618,9 @@ async fn a_refresh_flood_with_random_tokens_on_sqlite() {
     let server = TestServer::start_with(
         Backend::Sqlite,
         &[
-            "--writes-per-user-per-minute",
+            "--creates-per-user-per-minute",
             "100000",
-            "--write-burst",
+            "--create-burst",
             "10000",
         ],
     )

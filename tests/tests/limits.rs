@@ -157,7 +157,7 @@ async fn each_user_has_a_budget_of_writes_and_one_of_streams() {
             ..Default::default()
         })
         .await
-        .expect("the first write")
+        .expect("a creation, which has its own budget")
         .into_inner()
         .room
         .expect("room");
@@ -166,14 +166,14 @@ async fn each_user_has_a_budget_of_writes_and_one_of_streams() {
         set: [("round".to_owned(), n.to_string())].into(),
         ..Default::default()
     };
-    for n in 0..3 {
+    for n in 0..4 {
         rooms
             .update_room_data(update(n))
             .await
             .expect("within the burst");
     }
     let refused = rooms
-        .update_room_data(update(3))
+        .update_room_data(update(4))
         .await
         .expect_err("the fifth write at once");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
@@ -277,5 +277,45 @@ async fn refresh_is_limited_per_address_before_the_database_and_per_session() {
         refused.message().contains("refreshes from this address"),
         "{refused:?}"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_past_the_session_cap_ends_the_oldest_session() {
+    use rally_proto::identity::v1::identity_client::IdentityClient;
+    use rally_proto::identity::v1::{GetAccountRequest, RefreshRequest};
+    let server = TestServer::start_with(Backend::Sqlite, &["--max-sessions-per-user", "2"])
+        .await
+        .expect("SQLite");
+    let device = "session-cap-device-0001";
+    let first = server.device_session(device, "Capped").await;
+    let second = server.device_session(device, "Capped").await;
+    let account = |session: &rally_proto::identity::v1::AuthSession| {
+        let token = session.access_token.clone();
+        let channel = async { server.channel().await };
+        async move {
+            IdentityClient::with_interceptor(
+                channel.await,
+                rally_client::Bearer::new(&token).expect("ASCII token"),
+            )
+            .get_account(GetAccountRequest {})
+            .await
+        }
+    };
+    account(&first).await.expect("two sessions fit");
+    let third = server.device_session(device, "Capped").await;
+    let refused = account(&first)
+        .await
+        .expect_err("the oldest session ended with the third sign-in");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let refused = IdentityClient::new(server.channel().await)
+        .refresh(RefreshRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await
+        .expect_err("its refresh token is gone");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    account(&second).await.expect("the second stays");
+    account(&third).await.expect("the third works");
     server.stop().await;
 }

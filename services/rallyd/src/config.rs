@@ -234,6 +234,10 @@ pub struct Config {
     #[arg(long, env = "RALLY_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// Most sessions one user holds at once: a sign-in past it ends the user's oldest session.
+    #[arg(long, env = "RALLY_MAX_SESSIONS_PER_USER", default_value_t = 32)]
+    pub max_sessions_per_user: u32,
+
     /// Refresh calls allowed per client IP address (per /64 for IPv6) per minute, counted
     /// before the database is touched.
     #[arg(long, env = "RALLY_REFRESH_PER_ADDRESS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
@@ -243,14 +247,23 @@ pub struct Config {
     #[arg(long, env = "RALLY_REFRESH_PER_SESSION_PER_MINUTE", default_value_t = NonZeroU32::new(6).unwrap_or(NonZeroU32::MIN))]
     pub refresh_per_session_per_minute: NonZeroU32,
 
-    /// Write calls (create, join, leave, kick, update room data, enqueue, cancel, logout)
-    /// allowed per user per minute, sustained.
+    /// Write calls (join, leave, kick, update room data, cancel, logout) allowed per user per
+    /// minute, sustained.
     #[arg(long, env = "RALLY_WRITES_PER_USER_PER_MINUTE", default_value_t = NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN))]
     pub writes_per_user_per_minute: NonZeroU32,
 
     /// Write calls one user may make at once after a quiet period.
     #[arg(long, env = "RALLY_WRITE_BURST", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
     pub write_burst: NonZeroU32,
+
+    /// Rooms and matchmaking tickets one user may create per minute, sustained (each is kept
+    /// for the history retention after it ends).
+    #[arg(long, env = "RALLY_CREATES_PER_USER_PER_MINUTE", default_value_t = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))]
+    pub creates_per_user_per_minute: NonZeroU32,
+
+    /// Rooms and tickets one user may create at once after a quiet period.
+    #[arg(long, env = "RALLY_CREATE_BURST", default_value_t = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))]
+    pub create_burst: NonZeroU32,
 
     /// Streams (Attach, WatchRoom, WatchTicket) one user may open per minute, sustained.
     #[arg(long, env = "RALLY_STREAMS_PER_USER_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN))]
@@ -315,6 +328,11 @@ impl Config {
                 "--relay-max-allocations-per-user and --relay-max-total-bytes-per-second must be \
                  at least 1"
                     .into(),
+            ));
+        }
+        if self.max_sessions_per_user == 0 {
+            return Err(RallydError::Config(
+                "--max-sessions-per-user must be at least 1".into(),
             ));
         }
         if self.request_timeout_ms == 0 {
@@ -542,6 +560,7 @@ impl std::fmt::Debug for Config {
                 &self.signin_per_address_per_minute,
             )
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
             .field(
                 "refresh_per_address_per_minute",
                 &self.refresh_per_address_per_minute,
@@ -555,6 +574,11 @@ impl std::fmt::Debug for Config {
                 &self.writes_per_user_per_minute,
             )
             .field("write_burst", &self.write_burst)
+            .field(
+                "creates_per_user_per_minute",
+                &self.creates_per_user_per_minute,
+            )
+            .field("create_burst", &self.create_burst)
             .field(
                 "streams_per_user_per_minute",
                 &self.streams_per_user_per_minute,

@@ -144,17 +144,20 @@ impl Running {
 
 /// Starts `rallyd` with `config`: opens the database, loads keys, binds and serves.
 ///
-/// The per-user budgets: every write RPC shares one, every stream another.
+/// The per-user budgets: writes share one, creations (rooms, tickets) another, streams a third.
 fn user_rate_limits(config: &Config) -> RateLimits {
     const WRITES: &[&str] = &[
         "/rally.identity.v1.Identity/Logout",
-        "/rally.rooms.v1.Rooms/CreateRoom",
         "/rally.rooms.v1.Rooms/JoinRoom",
         "/rally.rooms.v1.Rooms/LeaveRoom",
         "/rally.rooms.v1.Rooms/KickMember",
         "/rally.rooms.v1.Rooms/UpdateRoomData",
-        "/rally.rooms.v1.Matchmaking/Enqueue",
         "/rally.rooms.v1.Matchmaking/Cancel",
+    ];
+    // What leaves a record behind for the history retention (a room, a ticket): fewer.
+    const CREATES: &[&str] = &[
+        "/rally.rooms.v1.Rooms/CreateRoom",
+        "/rally.rooms.v1.Matchmaking/Enqueue",
     ];
     const STREAMS: &[&str] = &[
         "/rally.broker.v1.Broker/Attach",
@@ -169,6 +172,14 @@ fn user_rate_limits(config: &Config) -> RateLimits {
                 burst: config.write_burst,
             },
             WRITES,
+        )
+        .class(
+            "create",
+            Rate {
+                per_minute: config.creates_per_user_per_minute,
+                burst: config.create_burst,
+            },
+            CREATES,
         )
         .class(
             "stream",
@@ -246,6 +257,7 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
                     refresh_per_session_per_minute: config.refresh_per_session_per_minute,
                     ..ThrottleConfig::default()
                 },
+                max_sessions_per_user: config.max_sessions_per_user,
                 ..IdentityConfig::default()
             };
             // Sessions are kept at least as long as their last access token could verify.

@@ -39,11 +39,25 @@ const USERS_PER_TASK: usize = 4;
 const ACCOUNTS: i32 = 100_000;
 
 /// rallyd flags of this scenario: a short matchmaking tick (default 1000 ms; rounds also run on
-/// every enqueue) and the sign-in limit per address raised for the bench's logins.
-const FLAGS: [&str; 4] = [
+/// every enqueue), the sign-in limit per address raised for the bench's logins, and each user's
+/// budgets of writes, creations and streams lifted: a few users repeat the operations being
+/// measured far faster than any player would.
+const FLAGS: [&str; 16] = [
     "--matchmaking-tick-ms",
     "100",
     "--signin-per-address-per-minute",
+    "1000000",
+    "--writes-per-user-per-minute",
+    "1000000",
+    "--write-burst",
+    "1000000",
+    "--creates-per-user-per-minute",
+    "1000000",
+    "--create-burst",
+    "1000000",
+    "--streams-per-user-per-minute",
+    "1000000",
+    "--stream-burst",
     "1000000",
 ];
 
