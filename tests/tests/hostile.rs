@@ -233,70 +233,116 @@ async fn ten_thousand_streams_on_one_connection() {
         &server,
         Probe::GetRoom,
         || async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let (mut reader, mut writer) = tcp.into_split();
             let block = hpack_request("/grpc.health.v1.Health/Check");
-            let writing = tokio::spawn(async move {
-                let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-                out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-                let mut sent = 0;
-                for n in 0..STREAMS {
-                    // HEADERS, END_HEADERS, no END_STREAM: each stream stays open.
-                    out.extend(frame(0x1, 0x4, 2 * n + 1, &block));
-                    if out.len() > 64 * 1024 || n + 1 == STREAMS {
-                        if writer.write_all(&out).await.is_err() {
-                            break; // the server closed the connection
-                        }
-                        out.clear();
-                    }
-                    sent += 1;
-                }
-                sent
-            });
-            // Read the server's frames until it closes the connection.
-            let (mut refused, mut goaway) = (0usize, None);
-            let mut buf = Vec::new();
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                let read = tokio::time::timeout(WAIT, reader.read(&mut chunk))
-                    .await
-                    .expect("the server answers or closes in time");
-                let n = match read {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                while buf.len() >= 9 {
-                    let len =
-                        usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-                    if buf.len() < 9 + len {
-                        break;
-                    }
-                    let payload = &buf[9..9 + len];
-                    match buf[3] {
-                        0x3 if payload.get(..4) == Some(&7u32.to_be_bytes()[..]) => refused += 1,
-                        0x7 => {
-                            goaway = payload
-                                .get(4..8)
-                                .and_then(|code| code.try_into().ok())
-                                .map(u32::from_be_bytes);
-                        }
-                        _ => {}
-                    }
-                    buf.drain(..9 + len);
-                }
-            }
-            let sent = writing.await.expect("the writer");
+            let (sent, refused, goaway) = raw_http2(addr, STREAMS, move |n, out| {
+                // HEADERS, END_HEADERS, no END_STREAM: each stream stays open.
+                out.extend(frame(0x1, 0x4, 2 * n + 1, &block));
+            })
+            .await;
             assert!(
                 goaway.is_some(),
                 "the connection ends with GOAWAY ({refused} refused)"
             );
             Outcome {
-                sent,
+                sent: usize::try_from(sent).expect("small"),
                 answer: format!(
                     "{refused} streams refused (REFUSED_STREAM), then GOAWAY (code {})",
                     goaway.unwrap_or_default()
                 ),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+/// What a raw HTTP/2 client met: streams it wrote, streams the server refused
+/// (`RST_STREAM` with `REFUSED_STREAM`), and the `GOAWAY` error code, if the server sent one.
+type Met = (u32, usize, Option<u32>);
+
+/// Opens one HTTP/2 connection to `addr` and writes `streams` streams' frames (each from
+/// `write(n, out)`), then reads the server's frames until it closes the connection.
+async fn raw_http2(
+    addr: std::net::SocketAddr,
+    streams: u32,
+    write: impl Fn(u32, &mut Vec<u8>) + Send + 'static,
+) -> Met {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut reader, mut writer) = tcp.into_split();
+    let writing = tokio::spawn(async move {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        let mut sent = 0;
+        for n in 0..streams {
+            write(n, &mut out);
+            if out.len() > 64 * 1024 || n + 1 == streams {
+                if writer.write_all(&out).await.is_err() {
+                    break; // the server closed the connection
+                }
+                out.clear();
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let (mut refused, mut goaway) = (0usize, None);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::time::timeout(WAIT, reader.read(&mut chunk))
+            .await
+            .expect("the server answers or closes in time");
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let payload = &buf[9..9 + len];
+            match buf[3] {
+                0x3 if payload.get(..4) == Some(&7u32.to_be_bytes()[..]) => refused += 1,
+                0x7 => {
+                    goaway = payload
+                        .get(4..8)
+                        .and_then(|code| code.try_into().ok())
+                        .map(u32::from_be_bytes);
+                }
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    let sent = writing.await.expect("the writer");
+    (sent, refused, goaway)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_streams_on_one_connection() {
+    const STREAMS: u32 = 10_000;
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start(Backend::Sqlite).await.expect("SQLite");
+    let addr = server.addr();
+    run(
+        "rapid reset: 10 000 streams opened and cancelled at once",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            let block = hpack_request("/grpc.health.v1.Health/Check");
+            let (sent, _, goaway) = raw_http2(addr, STREAMS, move |n, out| {
+                out.extend(frame(0x1, 0x4, 2 * n + 1, &block));
+                // RST_STREAM with CANCEL before the server could answer.
+                out.extend(frame(0x3, 0, 2 * n + 1, &8u32.to_be_bytes()));
+            })
+            .await;
+            // ENHANCE_YOUR_CALM (11): hyper's pending-reset limit.
+            assert_eq!(goaway, Some(11), "the connection ends with GOAWAY");
+            Outcome {
+                sent: usize::try_from(sent).expect("small"),
+                answer: "GOAWAY (ENHANCE_YOUR_CALM) after the pending-reset limit".into(),
             }
         },
     )
@@ -991,6 +1037,61 @@ async fn a_hostile_peer_aiming_candidates_at_loopback_gets_nothing_sent_there() 
                 answer: format!(
                     "candidates ignored; the attempt ended {ended:?}; 0 packets reached the \
                      loopback trap"
+                ),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reauthenticate_flood_on_one_attachment() {
+    const MESSAGES: usize = 2000;
+    let _one_at_a_time = SERIAL.lock().await;
+    let server = TestServer::start(Backend::Sqlite).await.expect("SQLite");
+    let attacker = server.user("reauth-flooder").await;
+    let server_ref = &server;
+    run(
+        "Reauthenticate flood on one attachment (a valid token, 2000 times)",
+        &server,
+        Probe::GetRoom,
+        || async move {
+            // Pipelined, 100 at a time (a client that never reads is dropped when its queue of
+            // 256 answers fills: the broker's bound on what one client makes it hold).
+            const WINDOW: usize = 100;
+            let mut attached = Attached::new(server_ref, &attacker, hello(7)).await;
+            let (mut accepted, mut limited) = (0, 0);
+            for _ in 0..MESSAGES / WINDOW {
+                let ids: Vec<u64> = (0..WINDOW)
+                    .map(|_| {
+                        attached.send(Req::Reauthenticate(
+                            rally_proto::broker::v1::Reauthenticate {
+                                access_token: attacker.access_token.clone(),
+                            },
+                        ))
+                    })
+                    .collect();
+                for id in ids {
+                    let answer = attached.next().await;
+                    assert_eq!(answer.request_id, id, "answers in order");
+                    match answer.body {
+                        Some(Body::Reauthenticated(_)) => accepted += 1,
+                        Some(Body::Error(error)) => {
+                            assert_eq!(error.code, ErrorCode::RateLimited as i32, "{error:?}");
+                            limited += 1;
+                        }
+                        other => panic!("a Reauthenticate answered {other:?}"),
+                    }
+                }
+            }
+            assert!(limited > 0, "the flood meets the signal rate");
+            // The attachment goes on.
+            attached.nothing_pending().await;
+            Outcome {
+                sent: MESSAGES,
+                answer: format!(
+                    "{accepted} Reauthenticated, {limited} RATE_LIMITED; the attachment goes on"
                 ),
             }
         },
