@@ -12,9 +12,9 @@
 //! - a room never holds more than `capacity` members, whatever the concurrency;
 //! - when the owner leaves (or is removed), the longest-present member becomes owner
 //!   (`OwnerChanged` after `MemberLeft`); when the last member leaves, the room closes
-//!   (`MemberLeft` then `RoomClosed`): in the same transaction its data and every earlier event
-//!   are deleted (it keeps its final state and its closing events for the history retention),
-//!   and a closed room is never changed again;
+//!   (`MemberLeft` then `RoomClosed`): in the same transaction its data is deleted and its events
+//!   are cut to the latest [`CLOSED_ROOM_EVENT_BYTES`] (the closing ones always stay), and a
+//!   closed room is never changed again;
 //! - sequence numbers of one room start at 1 and have no gaps;
 //! - a kicked user may not rejoin until invited again.
 
@@ -28,6 +28,10 @@ use crate::{StoreError, UnixMillis};
 /// How many bytes of event payload a room keeps, unless configured otherwise: a few of the
 /// largest data changes (64 values of 4 KiB each), hundreds of ordinary events.
 pub const DEFAULT_RETAINED_EVENT_BYTES: u64 = 1 << 20;
+
+/// How many bytes of event payload a room keeps once it closed: its latest few membership
+/// changes, so that a user's churn of rooms leaves little for the history retention.
+pub const CLOSED_ROOM_EVENT_BYTES: u64 = 4096;
 
 /// Whether ListRooms shows a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

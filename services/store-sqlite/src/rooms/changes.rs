@@ -374,11 +374,7 @@ async fn append_events(
     // The retention: the latest `retained_events`, and of those no more than
     // `retained_event_bytes` of payload (the oldest go first).
     let retained = i64::try_from(clock.retained_events).unwrap_or(i64::MAX);
-    // A room that closes keeps only the events of the change that closed it.
-    let oldest_kept = match closing {
-        true => latest - count,
-        false => latest.saturating_sub(retained),
-    };
+    let oldest_kept = latest.saturating_sub(retained);
     let mut freed: i64 = 0;
     if oldest_kept > 0 {
         let bytes: Vec<i64> = sqlx::query_scalar(
@@ -392,21 +388,28 @@ async fn append_events(
         .map_err(map_error)?;
         freed = bytes.into_iter().fold(freed, i64::saturating_add);
     }
-    let budget = i64::try_from(clock.retained_event_bytes).unwrap_or(i64::MAX);
+    // A room that closes keeps only its latest few events (its membership's last changes,
+    // rarely its data's), so what a user's churn of rooms leaves for the history retention is
+    // small.
+    let budget = match closing {
+        true => i64::try_from(rally_store::rooms::CLOSED_ROOM_EVENT_BYTES).unwrap_or(i64::MAX),
+        false => i64::try_from(clock.retained_event_bytes).unwrap_or(i64::MAX),
+    };
     stored_bytes = stored_bytes.saturating_sub(freed);
     while stored_bytes > budget {
         let oldest: Option<i64> = sqlx::query_scalar(
             "DELETE FROM room_events WHERE room_id = ?1 AND sequence = \
              (SELECT min(sequence) FROM room_events WHERE room_id = ?1) \
+             AND sequence <= ?2 \
              RETURNING length(CAST(payload AS BLOB))",
         )
         .bind(&id)
+        .bind(latest - count)
         .fetch_optional(&mut *conn)
         .await
         .map_err(map_error)?;
         let Some(bytes) = oldest else {
-            // Nothing left to delete: the count drifted (it cannot, but never loop forever).
-            freed = freed.saturating_add(stored_bytes);
+            // Only this change's events are left: they stay, however large.
             break;
         };
         freed = freed.saturating_add(bytes);

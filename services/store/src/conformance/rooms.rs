@@ -82,6 +82,7 @@ macro_rules! room_conformance_tests {
             events_after_returns_exactly_what_was_missed,
             events_after_a_pruned_sequence_is_a_snapshot,
             large_events_are_retained_within_the_byte_budget,
+            a_closing_room_keeps_only_its_latest_small_events,
             list_rooms_shows_only_open_public_rooms_newest_first,
             list_rooms_filters_by_data_and_free_seats,
             list_rooms_pages_through_every_room_once_in_order,

@@ -8,7 +8,7 @@ use super::{
     UsersAndRooms, all_events, assert_consecutive, at, create_default, join, leave, ok, read,
     state, user,
 };
-use crate::rooms::{DataUpdate, EventsAfter, RoomChange, RoomEvent, RoomEventKind};
+use crate::rooms::{DataUpdate, EventsAfter, RoomChange, RoomEvent};
 
 /// The smallest retention the history cases work with.
 const MIN_RETENTION: u64 = 8;
@@ -104,30 +104,7 @@ pub async fn sequences_start_at_one_and_have_no_gaps_across_a_long_mixed_history
             room.sequence, latest,
             "the room's sequence is its latest event's"
         );
-        // A closed room keeps only the events of the change that closed it (`MemberLeft`,
-        // `RoomClosed`).
-        let from = match room.closed_at {
-            Some(_) => {
-                assert!(
-                    matches!(
-                        &events[events.len() - 2..],
-                        [
-                            RoomEvent {
-                                kind: RoomEventKind::MemberLeft { .. },
-                                ..
-                            },
-                            RoomEvent {
-                                kind: RoomEventKind::RoomClosed,
-                                ..
-                            }
-                        ]
-                    ),
-                    "a closed room's log ends with MemberLeft, RoomClosed"
-                );
-                latest - 2
-            }
-            None => latest.saturating_sub(retained),
-        };
+        let from = latest.saturating_sub(retained);
         let stored = read(
             "events_after",
             store.events_after(*room_id, from, u32::MAX).await,
@@ -306,5 +283,43 @@ pub async fn large_events_are_retained_within_the_byte_budget(store: &dyn UsersA
     assert!(
         retained * per_event <= budget,
         "{retained} events of at least {per_event} bytes are kept within {budget} bytes"
+    );
+}
+
+/// A room that closes keeps no data and only its latest events within
+/// `CLOSED_ROOM_EVENT_BYTES`, its closing ones always; asking for older ones gives a snapshot.
+pub async fn a_closing_room_keeps_only_its_latest_small_events(store: &dyn UsersAndRooms) {
+    let alice = user(store, "Alice").await;
+    let room_id = create_default(store, alice, at(0)).await;
+    for round in 0..3 {
+        let update = DataUpdate {
+            set: (0..64)
+                .map(|key| (format!("key{key}"), "v".repeat(400)))
+                .collect(),
+            ..DataUpdate::default()
+        };
+        ok(
+            "update_room_data",
+            store
+                .update_room_data(room_id, alice, update, at(1 + round))
+                .await,
+        );
+    }
+    let closing = leave(store, room_id, alice, at(10)).await;
+    let closed = state(store, room_id).await;
+    assert!(closed.closed_at.is_some() && closed.data.is_empty());
+    let first_closing = closing.events[0].sequence;
+    assert_eq!(
+        read(
+            "events_after",
+            store.events_after(room_id, first_closing - 1, 10).await
+        ),
+        Some(EventsAfter::Events(closing.events.clone())),
+        "the closing events stay"
+    );
+    assert_eq!(
+        read("events_after", store.events_after(room_id, 0, 10).await),
+        Some(EventsAfter::Snapshot(closed)),
+        "the large data changes before them are gone"
     );
 }

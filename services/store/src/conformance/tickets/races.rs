@@ -7,7 +7,9 @@ use futures::future::join_all;
 use uuid::Uuid;
 
 use super::super::RACE_ROUNDS;
-use super::super::rooms::{at, create_default, current, join, member_ids, state, users};
+use super::super::rooms::{
+    all_events, assert_consecutive, at, create_default, current, join, member_ids, state, users,
+};
 use super::{
     UsersRoomsAndTickets, accepted, enqueue_each, ids_of, in_groups_of, new_ticket, round, stored,
 };
@@ -122,38 +124,9 @@ pub async fn concurrent_rounds_put_every_ticket_in_at_most_one_match(
                 "race {race}: a player is in its match's room, and so in no other"
             );
         }
-        // The start rooms' departures, as the matches' changes returned them (a closed room
-        // keeps only its closing events).
-        let mut departed: BTreeMap<Uuid, Vec<crate::rooms::RoomEvent>> = BTreeMap::new();
-        for formed in &formed {
-            for event in &formed.room.events {
-                if start_rooms.contains(&event.room_id) {
-                    departed
-                        .entry(event.room_id)
-                        .or_default()
-                        .push(event.clone());
-                }
-            }
-        }
         for room_id in &start_rooms {
-            let mut events = departed.remove(room_id).unwrap_or_default();
-            events.sort_by_key(|event| event.sequence);
-            assert!(
-                events
-                    .windows(2)
-                    .all(|pair| pair[0].sequence < pair[1].sequence),
-                "race {race}: one sequence number per event"
-            );
-            let room = state(store, *room_id).await;
-            assert!(
-                room.closed_at.is_some(),
-                "race {race}: the start room closed"
-            );
-            assert_eq!(
-                events.last().map(|event| event.sequence),
-                Some(room.sequence),
-                "race {race}: the closing event is the room's latest"
-            );
+            let events = all_events(store, *room_id).await;
+            assert_consecutive(&events, *room_id, 1);
             let departures = events
                 .iter()
                 .filter(|event| matches!(event.kind, RoomEventKind::MemberLeft { .. }))
