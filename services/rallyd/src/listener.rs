@@ -5,9 +5,10 @@
 //! certificate it can swap), so every accepted socket gets `TCP_NODELAY` here. Without it, an
 //! answer of a few hundred bytes waits for the client's delayed ACK (about 40 ms, Nagle).
 //!
-//! TLS handshakes run in their own tasks, bounded in number and time, so a slow or silent client
-//! holds up nobody else. Connections are capped in all and per client address (IPv6 per /64):
-//! one past a cap is closed at once. Not here: HTTP/2 or any gRPC.
+//! A new connection's opening (its TLS handshake, or a plaintext client's first bytes) runs in its
+//! own task, bounded in number and time, so a slow or silent client holds up nobody else and is
+//! closed when its time is up. Connections are capped in all and per client address (IPv6 per
+//! /64): one past a cap is closed at once. Not here: HTTP/2 or any gRPC.
 
 use std::collections::HashMap;
 use std::io;
@@ -27,10 +28,11 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most TLS handshakes in progress at once; further connections wait to be accepted.
-const MAX_HANDSHAKES: usize = 256;
+/// How long a new client may take to open its connection: complete its TLS handshake or, in
+/// plaintext, send its first bytes.
+pub(crate) const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections opening at once; further connections wait to be accepted.
+const MAX_OPENING: usize = 256;
 /// Pause after an accept error (out of file descriptors) before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -163,6 +165,7 @@ pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: ConnectionLimits,
+    opening_timeout: Duration,
     stop: CancellationToken,
 ) -> ReceiverStream<io::Result<ServerIo>> {
     let (accepted, incoming) = mpsc::channel(64);
@@ -170,7 +173,14 @@ pub(crate) fn incoming(
         limits,
         counts: Mutex::new((0, HashMap::new())),
     });
-    tokio::spawn(accept_loop(listener, tls, open, accepted, stop));
+    tokio::spawn(accept_loop(
+        listener,
+        tls,
+        open,
+        opening_timeout,
+        accepted,
+        stop,
+    ));
     ReceiverStream::new(incoming)
 }
 
@@ -178,22 +188,20 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     open: Arc<Open>,
+    opening_timeout: Duration,
     accepted: mpsc::Sender<io::Result<ServerIo>>,
     stop: CancellationToken,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let opening = Arc::new(Semaphore::new(MAX_OPENING));
     loop {
-        // With TLS, take a handshake slot before accepting, so a flood of silent clients waits
-        // in the kernel's backlog instead of in memory.
-        let permit = match &tls {
-            Some(_) => tokio::select! {
-                () = stop.cancelled() => return,
-                permit = handshakes.clone().acquire_owned() => match permit {
-                    Ok(permit) => Some(permit),
-                    Err(_) => return,
-                },
+        // Take an opening slot before accepting, so a flood of silent clients waits in the
+        // kernel's backlog instead of in memory.
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            permit = opening.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
             },
-            None => None,
         };
         let (tcp, remote) = tokio::select! {
             () = stop.cancelled() => return,
@@ -217,20 +225,32 @@ async fn accept_loop(
         }
         match &tls {
             None => {
-                let io = ServerIo {
-                    stream: Either::Left(tcp),
-                    _slot: slot,
-                };
-                if accepted.send(Ok(io)).await.is_err() {
-                    return;
-                }
+                let accepted = accepted.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    // A client that opens a connection and says nothing is closed. (`peek`
+                    // waits for a byte; readiness alone can be a false positive.)
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(opening_timeout, tcp.peek(&mut first)).await {
+                        Ok(Ok(0)) => tracing::debug!(%remote, "closed before a byte"),
+                        Ok(Ok(_)) => {
+                            let io = ServerIo {
+                                stream: Either::Left(tcp),
+                                _slot: slot,
+                            };
+                            let _ = accepted.send(Ok(io)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, %remote, "connection failed"),
+                        Err(_) => tracing::debug!(%remote, "a silent connection closed"),
+                    }
+                });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let accepted = accepted.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(opening_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let io = ServerIo {
                                 stream: Either::Right(Box::new(stream)),
@@ -262,8 +282,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let stop = CancellationToken::new();
-        let mut accepted = incoming(listener, None, ROOMY, stop.clone());
-        let client = TcpStream::connect(address).await.expect("connect");
+        let mut accepted = incoming(listener, None, ROOMY, OPENING_TIMEOUT, stop.clone());
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"PRI")
+            .await
+            .expect("the client speaks first");
         let io = tokio::time::timeout(Duration::from_secs(10), accepted.next())
             .await
             .expect("accepted in time")
@@ -277,6 +300,44 @@ mod tests {
             panic!("plaintext without a TLS acceptor");
         };
         assert!(tcp.nodelay().expect("read TCP_NODELAY"), "Nagle is on");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_says_nothing_is_closed_and_frees_its_place() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let stop = CancellationToken::new();
+        let limits = ConnectionLimits {
+            total: 100,
+            per_address: 1,
+        };
+        let mut accepted = incoming(
+            listener,
+            None,
+            limits,
+            Duration::from_millis(200),
+            stop.clone(),
+        );
+        let mut silent = TcpStream::connect(address).await.expect("connect");
+        // The server closes it: the client reads the end of the stream.
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
+        )
+        .await
+        .expect("closed in time");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        // Its place is free again: a client that speaks is accepted from the same address.
+        let mut speaker = TcpStream::connect(address).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut speaker, b"PRI")
+            .await
+            .expect("write");
+        let io = tokio::time::timeout(Duration::from_secs(10), accepted.next())
+            .await
+            .expect("accepted in time");
+        assert!(matches!(io, Some(Ok(_))), "the speaking client is served");
         stop.cancel();
     }
 

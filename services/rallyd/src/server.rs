@@ -452,7 +452,13 @@ pub async fn start(mut config: Config) -> Result<Running, RallydError> {
         total: config.max_connections,
         per_address: config.max_connections_per_address,
     };
-    let incoming = crate::listener::incoming(listener, acceptor, limits, shutdown.clone());
+    let incoming = crate::listener::incoming(
+        listener,
+        acceptor,
+        limits,
+        crate::listener::OPENING_TIMEOUT,
+        shutdown.clone(),
+    );
     let health_addr = match config.health_listen {
         Some(address) => Some(serve_health(address, health_service.clone(), &shutdown).await?),
         None => None,
@@ -603,7 +609,13 @@ where
         total: 64,
         per_address: 16,
     };
-    let incoming = crate::listener::incoming(listener, None, limits, shutdown.clone());
+    let incoming = crate::listener::incoming(
+        listener,
+        None,
+        limits,
+        crate::listener::OPENING_TIMEOUT,
+        shutdown.clone(),
+    );
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(8)
         .add_service(health);
