@@ -219,6 +219,20 @@ pub async fn present(
     relay: std::net::SocketAddr,
     grant: &RelayGrant,
 ) -> Vec<u8> {
+    socket
+        .send_to(&allocate_datagram(grant), relay)
+        .await
+        .expect("send");
+    let mut buf = [0u8; 256];
+    let (len, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("receive");
+    buf[..len].to_vec()
+}
+
+/// The Allocate datagram that presents `grant` for its side.
+pub fn allocate_datagram(grant: &RelayGrant) -> Vec<u8> {
     let token: &[u8; rally_relay::grant::GRANT_BYTES] =
         grant.token.as_slice().try_into().expect("grant size");
     let mut datagram = Vec::new();
@@ -229,11 +243,5 @@ pub async fn present(
         },
         &mut datagram,
     );
-    socket.send_to(&datagram, relay).await.expect("send");
-    let mut buf = [0u8; 256];
-    let (len, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
-        .await
-        .expect("an answer")
-        .expect("receive");
-    buf[..len].to_vec()
+    datagram
 }

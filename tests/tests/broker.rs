@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use rally_e2e::attach::{Attached, accept, connect, handshake, open, present};
+use rally_e2e::attach::{Attached, accept, allocate_datagram, connect, handshake, open, present};
 use rally_e2e::{Backend, TestServer, TestUser, on_both_backends};
 use rally_proto::broker::v1::attach_request::Body as Req;
 use rally_proto::broker::v1::attach_response::Body;
@@ -1006,16 +1006,7 @@ async fn a_relay_keeps_accepting_grants_signed_with_an_older_secret() {
     // An unverifiable grant gets no answer at all: the next datagram from that relay answers the
     // binding request sent after it.
     let relay = other.relay_addr().expect("relay");
-    let token: &[u8; rally_relay::grant::GRANT_BYTES] =
-        grant.token.as_slice().try_into().expect("grant size");
-    let mut datagram = Vec::new();
-    wire::encode(
-        &Message::Allocate {
-            side: u8::try_from(grant.side).expect("side"),
-            grant: token,
-        },
-        &mut datagram,
-    );
+    let mut datagram = allocate_datagram(&grant);
     socket.send_to(&datagram, relay).await.expect("send");
     datagram.clear();
     wire::encode(

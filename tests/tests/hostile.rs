@@ -350,6 +350,42 @@ async fn rapid_reset_streams_on_one_connection() {
     server.stop().await;
 }
 
+/// One stream a client opened and holds: the server's answer to come, and the request body.
+type Held = (h2::client::ResponseFuture, h2::SendStream<Bytes>);
+
+/// Opens `per_connection` gRPC streams to `path` on each of `connections` HTTP/2 connections,
+/// sending their headers and `first` (when not empty) and never ending them.
+async fn open_streams(
+    addr: std::net::SocketAddr,
+    connections: usize,
+    per_connection: usize,
+    path: &str,
+    first: &[u8],
+) -> Vec<Held> {
+    let mut streams = Vec::with_capacity(connections * per_connection);
+    for _ in 0..connections {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+        tokio::spawn(connection);
+        let mut client = client;
+        for _ in 0..per_connection {
+            client = client.ready().await.expect("a stream slot");
+            let request = http::Request::post(format!("http://{addr}{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("a request");
+            let (answer, mut body) = client.send_request(request, false).expect("send");
+            if !first.is_empty() {
+                body.send_data(Bytes::copy_from_slice(first), false)
+                    .expect("the first bytes");
+            }
+            streams.push((answer, body));
+        }
+    }
+    streams
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_that_send_headers_and_never_a_body() {
     const PER_CONNECTION: usize = 250;
@@ -364,27 +400,16 @@ async fn streams_that_send_headers_and_never_a_body() {
         &server,
         Probe::GetRoom,
         || async move {
-            let mut answers = Vec::new();
-            let mut held = Vec::new();
-            for _ in 0..CONNECTIONS {
-                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-                let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
-                tokio::spawn(connection);
-                let mut client = client;
-                for _ in 0..PER_CONNECTION {
-                    client = client.ready().await.expect("a stream slot");
-                    let request = http::Request::post(format!(
-                        "http://{addr}/rally.identity.v1.Identity/Refresh"
-                    ))
-                    .header("content-type", "application/grpc")
-                    .header("te", "trailers")
-                    .body(())
-                    .expect("a request");
-                    let (answer, body) = client.send_request(request, false).expect("send");
-                    answers.push(answer);
-                    held.push(body);
-                }
-            }
+            let (answers, held): (Vec<_>, Vec<_>) = open_streams(
+                addr,
+                CONNECTIONS,
+                PER_CONNECTION,
+                "/rally.identity.v1.Identity/Refresh",
+                &[],
+            )
+            .await
+            .into_iter()
+            .unzip();
             let sent = answers.len();
             let mut codes = std::collections::BTreeMap::<String, usize>::new();
             for answer in answers {
@@ -431,39 +456,21 @@ async fn reflection_streams_trickling_a_large_message() {
         &server,
         Probe::GetRoom,
         || async move {
-            let mut streams = Vec::new();
-            for _ in 0..CONNECTIONS {
-                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-                let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
-                tokio::spawn(connection);
-                let mut client = client;
-                for _ in 0..PER_CONNECTION {
-                    client = client.ready().await.expect("a stream slot");
-                    let request = http::Request::post(format!(
-                        "http://{addr}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-                    ))
-                    .header("content-type", "application/grpc")
-                    .header("te", "trailers")
-                    .body(())
-                    .expect("a request");
-                    let (answer, mut body) = client.send_request(request, false).expect("send");
-                    // A message header announcing 4000 bytes, then its first byte.
-                    let mut head = vec![0u8];
-                    head.extend_from_slice(&4000u32.to_be_bytes());
-                    head.push(b'x');
-                    body.send_data(Bytes::from(head), false)
-                        .expect("the first bytes");
-                    streams.push((answer, body));
-                }
-            }
+            // A message header announcing 4000 bytes, then its first byte.
+            let mut head = vec![0u8];
+            head.extend_from_slice(&4000u32.to_be_bytes());
+            head.push(b'x');
+            let streams = open_streams(
+                addr,
+                CONNECTIONS,
+                PER_CONNECTION,
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                &head,
+            )
+            .await;
             let sent = streams.len();
             let mut ended = std::collections::BTreeMap::<String, usize>::new();
-            let mut bodies = Vec::new();
-            let mut answers = Vec::new();
-            for (answer, body) in streams {
-                answers.push(answer);
-                bodies.push(body);
-            }
+            let (answers, mut bodies): (Vec<_>, Vec<_>) = streams.into_iter().unzip();
             // One more byte on every stream every 100 ms, until each stream has ended.
             let ticking = tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(100));
