@@ -386,6 +386,24 @@ async fn open_streams(
     streams
 }
 
+/// Checks that all `sent` streams ended `DEADLINE_EXCEEDED` (`codes`: how many ended with each
+/// `grpc-status`).
+fn all_deadline_exceeded(
+    codes: &std::collections::BTreeMap<String, usize>,
+    sent: usize,
+) -> Outcome {
+    let deadline_exceeded = (Code::DeadlineExceeded as i32).to_string();
+    assert_eq!(
+        codes.get(&deadline_exceeded),
+        Some(&sent),
+        "every stream ends DEADLINE_EXCEEDED: {codes:?}"
+    );
+    Outcome {
+        sent,
+        answer: format!("{sent} x DEADLINE_EXCEEDED after 500 ms"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_that_send_headers_and_never_a_body() {
     const PER_CONNECTION: usize = 250;
@@ -426,16 +444,7 @@ async fn streams_that_send_headers_and_never_a_body() {
                 *codes.entry(code).or_default() += 1;
             }
             drop(held);
-            let deadline_exceeded = (Code::DeadlineExceeded as i32).to_string();
-            assert_eq!(
-                codes.get(&deadline_exceeded),
-                Some(&sent),
-                "every stream ends DEADLINE_EXCEEDED: {codes:?}"
-            );
-            Outcome {
-                sent,
-                answer: format!("{sent} x DEADLINE_EXCEEDED after 500 ms"),
-            }
+            all_deadline_exceeded(&codes, sent)
         },
     )
     .await;
@@ -516,16 +525,7 @@ async fn reflection_streams_trickling_a_large_message() {
                 *ended.entry(code).or_default() += 1;
             }
             ticking.abort();
-            let deadline_exceeded = (Code::DeadlineExceeded as i32).to_string();
-            assert_eq!(
-                ended.get(&deadline_exceeded),
-                Some(&sent),
-                "every trickling stream ends DEADLINE_EXCEEDED: {ended:?}"
-            );
-            Outcome {
-                sent,
-                answer: format!("{sent} x DEADLINE_EXCEEDED after 500 ms"),
-            }
+            all_deadline_exceeded(&ended, sent)
         },
     )
     .await;
