@@ -319,3 +319,77 @@ async fn a_sign_in_past_the_session_cap_ends_the_oldest_session() {
     account(&third).await.expect("the third works");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_request_arrived_outlives_the_request_deadline() {
+    use rally_proto::rooms::v1::watch_room_response::Payload;
+    use rally_proto::rooms::v1::{CreateRoomRequest, UpdateRoomDataRequest, WatchRoomRequest};
+    let server = TestServer::start_with(Backend::Sqlite, &["--request-timeout-ms", "300"])
+        .await
+        .expect("SQLite");
+    let alice = server.user("alice").await;
+    let mut rooms = server.rooms(&alice).await;
+    let room = rooms
+        .create_room(CreateRoomRequest {
+            capacity: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("a room")
+        .into_inner()
+        .room
+        .expect("room");
+    let mut watch = rooms
+        .watch_room(WatchRoomRequest {
+            room_id: room.room_id.clone(),
+            after_sequence: Some(room.sequence),
+        })
+        .await
+        .expect("a watch")
+        .into_inner();
+    // A request that never arrives, opened after the watch: once it is answered, the deadline
+    // has passed for the watch too.
+    let tcp = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!(
+        "http://{}/rally.identity.v1.Identity/Refresh",
+        server.addr()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("a request");
+    let (answer, _body) = client.send_request(request, false).expect("send");
+    let answer = tokio::time::timeout(WAIT, answer)
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert_eq!(
+        answer.headers().get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"4"[..]),
+        "DEADLINE_EXCEEDED"
+    );
+    // The watch goes on.
+    rooms
+        .update_room_data(UpdateRoomDataRequest {
+            room_id: room.room_id.clone(),
+            set: [("k".to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("an update");
+    let message = tokio::time::timeout(WAIT, watch.message())
+        .await
+        .expect("in time")
+        .expect("the watch is still open")
+        .expect("a message");
+    assert!(
+        matches!(message.payload, Some(Payload::Event(_))),
+        "{message:?}"
+    );
+    server.stop().await;
+}
