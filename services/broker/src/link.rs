@@ -20,6 +20,9 @@ use uuid::Uuid;
 
 /// Most pending Connects an attachment remembers the `request_id` of.
 const MAX_REMEMBERED_CONNECTS: usize = 256;
+/// Most requesters an attachment remembers having told of their request (more than the cap on
+/// requests waiting for one user's answer).
+const MAX_TOLD: usize = 1024;
 
 /// How an attachment ends: an optional last message, then a status (`None`: OK).
 #[derive(Debug, Clone)]
@@ -48,6 +51,9 @@ pub(crate) struct Link {
     finished: CancellationToken,
     /// The `request_id` of each pending Connect, by the user it was sent to.
     connects: Mutex<HashMap<Uuid, u64>>,
+    /// The requesters whose pending request this client was told of (a PeerConnectRequest),
+    /// so that the replay on attach and a request arriving meanwhile tell it once.
+    told: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 /// The client's side of a link: the stream of server messages.
@@ -72,6 +78,7 @@ impl Link {
             end_requested: CancellationToken::new(),
             finished: CancellationToken::new(),
             connects: Mutex::new(HashMap::new()),
+            told: Mutex::new(std::collections::HashSet::new()),
         });
         let stream = outgoing(rx, link.clone());
         (link, stream)
@@ -114,18 +121,51 @@ impl Link {
         }
     }
 
+    /// Whether to tell this client of `requester`'s request now: false when it was told already
+    /// (and not answered since); otherwise remembers that it is being told.
+    pub(crate) fn first_telling(&self, requester: Uuid) -> bool {
+        let mut told = lock(&self.told);
+        if told.contains(&requester) {
+            return false;
+        }
+        if told.len() < MAX_TOLD {
+            told.insert(requester);
+        }
+        true
+    }
+
+    /// Forgets that this client was told of `requester`'s request (it was answered, withdrawn,
+    /// or crossed): a new request from it is told again.
+    pub(crate) fn forget_told(&self, requester: Uuid) {
+        lock(&self.told).remove(&requester);
+    }
+
     /// Queues a server message that answers nothing, or one that answers a remembered Connect
-    /// (ConnectAccepted, ConnectRejected: they get its `request_id`; PeerClosed forgets it).
+    /// (ConnectAccepted, ConnectRejected: they get its `request_id`; PeerClosed forgets it). A
+    /// PeerConnectRequest the client was already told of is not queued again.
     pub(crate) fn deliver(&self, mut message: AttachResponse) -> bool {
         match &message.body {
+            Some(Body::PeerConnectRequest(request)) => {
+                if let Ok(requester) = Uuid::try_parse(&request.user_id)
+                    && !self.first_telling(requester)
+                {
+                    return true;
+                }
+            }
             Some(Body::ConnectAccepted(answer)) => {
                 message.request_id = self.take_connect(&answer.user_id);
+                if let Ok(peer) = Uuid::try_parse(&answer.user_id) {
+                    self.forget_told(peer);
+                }
             }
             Some(Body::ConnectRejected(answer)) => {
                 message.request_id = self.take_connect(&answer.user_id);
             }
             Some(Body::PeerClosed(closed)) => {
                 self.take_connect(&closed.user_id);
+                if let Ok(peer) = Uuid::try_parse(&closed.user_id) {
+                    self.forget_told(peer);
+                }
             }
             _ => {}
         }
@@ -257,6 +297,37 @@ mod tests {
     use super::*;
     use futures::StreamExt;
     use rally_proto::broker::v1::{Ack, ConnectAccepted, Superseded};
+
+    #[tokio::test]
+    async fn a_client_is_told_of_a_pending_request_once_until_it_is_answered() {
+        let (link, mut stream) = Link::new(Uuid::new_v4(), Uuid::new_v4(), 8);
+        let requester = Uuid::new_v4();
+        let request = || AttachResponse {
+            request_id: 0,
+            body: Some(Body::PeerConnectRequest(
+                rally_proto::broker::v1::PeerConnectRequest {
+                    user_id: requester.to_string(),
+                },
+            )),
+        };
+        assert!(link.deliver(request()));
+        assert!(!link.first_telling(requester), "the replay skips it");
+        assert!(link.deliver(request()), "a second delivery is not an error");
+        link.forget_told(requester);
+        assert!(
+            link.deliver(request()),
+            "answered, then asked again: told again"
+        );
+        link.send(ack(7));
+        let mut bodies = Vec::new();
+        while let Some(Ok(message)) = stream.next().await {
+            if message.request_id == 7 {
+                break;
+            }
+            bodies.push(message.body);
+        }
+        assert_eq!(bodies.len(), 2, "told once, then once more: {bodies:?}");
+    }
 
     fn ack(request_id: u64) -> AttachResponse {
         AttachResponse {

@@ -150,11 +150,13 @@ impl Broker {
             }
             Request::Accept(accept) => {
                 let peer = validate::peer_id("user_id", &accept.user_id, me)?;
+                link.forget_told(peer);
                 self.accept(link, id, peer).await
             }
             Request::Reject(reject) => {
                 let peer = validate::peer_id("user_id", &reject.user_id, me)?;
                 validate::reason(&reject.reason)?;
+                link.forget_told(peer);
                 if !self
                     .stores
                     .broker
@@ -667,7 +669,10 @@ impl Broker {
         let requests: Vec<AttachResponse> = pairs
             .into_iter()
             .filter_map(|pair| match pair.state {
-                PairState::Pending { requester } if requester != link.user => {
+                // Told once: a request that reached the client meanwhile is not repeated.
+                PairState::Pending { requester }
+                    if requester != link.user && link.first_telling(requester) =>
+                {
                     Some(AttachResponse {
                         request_id: 0,
                         body: Some(Body::PeerConnectRequest(PeerConnectRequest {
