@@ -81,7 +81,8 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let arrived = CancellationToken::new();
         let timed = !self.exempt.contains(request.uri().path());
-        let path = request.uri().path().to_owned();
+        // For the log line of a late request only: a `Uri` clone shares its bytes.
+        let uri = timed.then(|| request.uri().clone());
         let request = request.map(|body| Timed {
             inner: body,
             arrived: Some(arrived.clone()),
@@ -114,6 +115,7 @@ where
                     Ok(answer.map(|body| EndingBody::new(body, end)))
                 }
                 () = expired => {
+                    let path = uri.as_ref().map(http::Uri::path).unwrap_or_default();
                     tracing::debug!(%path, "request body did not arrive in time");
                     Ok(late.into_http())
                 }
