@@ -278,6 +278,25 @@ impl TestServer {
         )
     }
 
+    /// Creates a room of `capacity` owned by `user` (everything else default) and returns it.
+    pub async fn create_room(
+        &self,
+        user: &TestUser,
+        capacity: u32,
+    ) -> rally_proto::rooms::v1::Room {
+        self.rooms(user)
+            .await
+            .create_room(rally_proto::rooms::v1::CreateRoomRequest {
+                capacity,
+                ..Default::default()
+            })
+            .await
+            .expect("a room")
+            .into_inner()
+            .room
+            .expect("room")
+    }
+
     /// A rooms client acting as `user`.
     pub async fn rooms(
         &self,

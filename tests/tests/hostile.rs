@@ -67,18 +67,7 @@ struct Legit {
 impl Legit {
     async fn new(server: &TestServer, probe: Probe) -> Self {
         let user = server.user("legit").await;
-        let room = server
-            .rooms(&user)
-            .await
-            .create_room(CreateRoomRequest {
-                capacity: 4,
-                ..Default::default()
-            })
-            .await
-            .expect("the legitimate user's room")
-            .into_inner()
-            .room
-            .expect("room");
+        let room = server.create_room(&user, 4).await;
         Self {
             server_addr: server.addr(),
             user,
@@ -564,18 +553,7 @@ async fn three_hundred_sybils_requesting_one_victim() {
     .expect("SQLite");
     let victim = server.user("victim").await;
     let friend = server.user("friend").await;
-    let room = server
-        .rooms(&victim)
-        .await
-        .create_room(CreateRoomRequest {
-            capacity: 4,
-            ..Default::default()
-        })
-        .await
-        .expect("the victim's room")
-        .into_inner()
-        .room
-        .expect("room");
+    let room = server.create_room(&victim, 4).await;
     let mut sybils = Vec::with_capacity(SYBILS);
     for n in 0..SYBILS {
         sybils.push(server.user(&format!("sybil{n}")).await);
@@ -896,16 +874,7 @@ async fn room_data_churn_keeps_the_database_bounded() {
     .expect("SQLite");
     let attacker = server.user("churner").await;
     let mut rooms = server.rooms(&attacker).await;
-    let room = rooms
-        .create_room(CreateRoomRequest {
-            capacity: 2,
-            ..Default::default()
-        })
-        .await
-        .expect("a room")
-        .into_inner()
-        .room
-        .expect("room");
+    let room = server.create_room(&attacker, 2).await;
     let before = database_bytes(&server);
     let server_ref = &server;
     run(

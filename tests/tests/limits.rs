@@ -151,16 +151,7 @@ async fn each_user_has_a_budget_of_writes_and_one_of_streams() {
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let mut rooms = server.rooms(&alice).await;
-    let room = rooms
-        .create_room(CreateRoomRequest {
-            capacity: 4,
-            ..Default::default()
-        })
-        .await
-        .expect("a creation, which has its own budget")
-        .into_inner()
-        .room
-        .expect("room");
+    let room = server.create_room(&alice, 4).await;
     let update = |n: usize| UpdateRoomDataRequest {
         room_id: room.room_id.clone(),
         set: [("round".to_owned(), n.to_string())].into(),
@@ -323,22 +314,13 @@ async fn a_sign_in_past_the_session_cap_ends_the_oldest_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_whose_request_arrived_outlives_the_request_deadline() {
     use rally_proto::rooms::v1::watch_room_response::Payload;
-    use rally_proto::rooms::v1::{CreateRoomRequest, UpdateRoomDataRequest, WatchRoomRequest};
+    use rally_proto::rooms::v1::{UpdateRoomDataRequest, WatchRoomRequest};
     let server = TestServer::start_with(Backend::Sqlite, &["--request-timeout-ms", "300"])
         .await
         .expect("SQLite");
     let alice = server.user("alice").await;
     let mut rooms = server.rooms(&alice).await;
-    let room = rooms
-        .create_room(CreateRoomRequest {
-            capacity: 2,
-            ..Default::default()
-        })
-        .await
-        .expect("a room")
-        .into_inner()
-        .room
-        .expect("room");
+    let room = server.create_room(&alice, 2).await;
     let mut watch = rooms
         .watch_room(WatchRoomRequest {
             room_id: room.room_id.clone(),
